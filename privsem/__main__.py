@@ -1,0 +1,5 @@
+import sys
+
+from privsem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from privsem.errors import PrivsemError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from privsem.config import load_config
+
+    preset = args.preset if (args.preset or args.config) else "demo"
+    cfg = load_config(args.config, preset=None if args.config else preset,
+                      overrides=args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    from privsem.runtime.inprocess import run
+
+    run(cfg, out, show_progress=not args.quiet)
+    print(f"run folder: {out}")
+    for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "report.md"):
+        print(f"  {out / name}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from privsem.models.loading import BUILTINS
+
+    for name in BUILTINS:
+        print(name)
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from privsem.data import demo
+
+    for p in demo.write(args.dir):
+        print(p)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ap = argparse.ArgumentParser(prog="privsem", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="run a federation (default preset: demo)")
+    r.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    r.add_argument("--preset", help="built-in preset: demo or smoke")
+    r.add_argument("--out", help="run folder (default runs/NAME)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. --set privacy.client.epsilon=4")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_run)
+    m = sub.add_parser("models", help="list built-in model names")
+    m.set_defaults(fn=_models)
+    d = sub.add_parser("demo-data", help="write the demo federation's files to DIR")
+    d.add_argument("dir")
+    d.set_defaults(fn=_demo_data)
+    args = ap.parse_args(argv)
+    if args.cmd is None:
+        args = ap.parse_args(["run", *(argv or [])])
+    try:
+        return int(args.fn(args))
+    except PrivsemError as e:
+        print(f"privsem: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Run configuration: frozen, keyword-only dataclasses, validated once where configuration enters.
+
+Rules for changing it:
+- Every component has its own frozen dataclass; :class:`RunConfig` composes them.
+- ``__post_init__`` validates and raises :class:`~privsem.errors.ConfigError` naming the field,
+  the bad value and the fix. :func:`build` prefixes the field with its full dotted path.
+- Fields are keyword-only, so a noise multiplier and a clip can never be swapped by position.
+- No field changes meaning between int and float: float fields accept ints (as floats), int
+  fields reject floats, bools are never numbers.
+- Configuration files are YAML or TOML. ``--set a.b.c=value`` overrides any field; the value is
+  read as YAML (``3``, ``0.5``, ``true``, ``[q_proj, v_proj]``, ``null``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from privsem.errors import ConfigError
+
+PRESETS = ("demo", "smoke")
+AGGREGATION_BACKENDS = ("plaintext",)
+CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
+SELECTION_MODES = ("local", "shared")
+
+
+def _check(cond: bool, name: str, value: object, fix: str) -> None:
+    if not cond:
+        raise ConfigError(name, value, fix)
+
+
+def _positive(name: str, value: float) -> None:
+    _check(value > 0 and math.isfinite(value), name, value, "use a finite number > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """LoRA adapter of one client's model (peft)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "rank", self.rank, "use an integer >= 1")
+        _positive("alpha", self.alpha)
+        _check(len(self.targets) > 0, "targets", self.targets, "name at least one module")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "use a value in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """One client's model: a built-in name, a Hugging Face directory or a GGUF file."""
+
+    name: str
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 128
+    prompt_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name", self.name,
+               "name a built-in model (see `privsem models`), a model directory or a .gguf file")
+        _check(self.max_length >= 16, "max_length", self.max_length, "use at least 16 tokens")
+        _check(self.prompt_format in ("auto", "chat", "plain"), "prompt_format",
+               self.prompt_format, "use 'auto', 'chat' or 'plain'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """One federation member: its model and its private data (never leaves the client)."""
+
+    id: str
+    model: ModelConfig
+    train: str
+    eval: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.id) and self.id.replace("-", "").replace("_", "").isalnum(), "id",
+               self.id, "use letters, digits, '-' and '_' only")
+        _check(bool(self.train), "train", self.train, "give the path of a JSONL file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """Local fine-tuning: DP-SGD on private data, then plain fine-tuning on pseudo-labels."""
+
+    batch_size: int = 8
+    epochs_per_round: float = 1.0
+    learning_rate: float = 2e-3
+    pseudo_label_epochs: int = 1
+    pseudo_label_learning_rate: float = 1e-3
+    pseudo_label_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "use an integer >= 1")
+        _positive("epochs_per_round", self.epochs_per_round)
+        _positive("learning_rate", self.learning_rate)
+        _check(self.pseudo_label_epochs >= 0, "pseudo_label_epochs", self.pseudo_label_epochs,
+               "use an integer >= 0 (0 turns pseudo-label fine-tuning off)")
+        _positive("pseudo_label_learning_rate", self.pseudo_label_learning_rate)
+        _check(self.pseudo_label_batch_size >= 1, "pseudo_label_batch_size",
+               self.pseudo_label_batch_size, "use an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordPrivacyConfig:
+    """Record-level DP: DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise; Opacus).
+
+    ``epsilon``/``delta`` is the target over the whole planned run; the noise multiplier is
+    calibrated from it. ``budget`` is what the ledger lets the client spend (default: epsilon).
+    """
+
+    enabled: bool = True
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("epsilon", self.epsilon)
+        _check(0 < self.delta < 1, "delta", self.delta, "use a value in (0, 1), e.g. 1e-5")
+        _positive("max_grad_norm", self.max_grad_norm)
+        if self.budget is not None:
+            _positive("budget", self.budget)
+
+    @property
+    def budget_epsilon(self) -> float:
+        return self.epsilon if self.budget is None else self.budget
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientPrivacyConfig:
+    """Client-level DP: one joint clip of the (prompts × dim) matrix, Gaussian noise per round.
+
+    ``clip`` bounds the Frobenius norm of the matrix; ``None`` means sqrt(prompts), which never
+    shrinks a matrix of unit rows. ``placement`` is where the noise is added: ``local`` (each
+    client the full noise; holds even if aggregation is broken).
+    """
+
+    enabled: bool = True
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    clip: float | None = None
+    placement: str = "local"
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("epsilon", self.epsilon)
+        _check(0 < self.delta < 1, "delta", self.delta, "use a value in (0, 1), e.g. 1e-5")
+        if self.clip is not None:
+            _positive("clip", self.clip)
+        _check(self.placement == "local", "placement", self.placement,
+               "use 'local' (distributed placement needs the masked back-end)")
+        if self.budget is not None:
+            _positive("budget", self.budget)
+
+    @property
+    def budget_epsilon(self) -> float:
+        return self.epsilon if self.budget is None else self.budget
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    record: RecordPrivacyConfig = field(default_factory=RecordPrivacyConfig)
+    client: ClientPrivacyConfig = field(default_factory=ClientPrivacyConfig)
+    accountant: str = "rdp"
+    randomness: str = "os"
+
+    def __post_init__(self) -> None:
+        _check(self.accountant in ("rdp", "pld"), "accountant", self.accountant,
+               "use 'rdp' or 'pld'")
+        _check(self.randomness in ("os", "seeded"), "randomness", self.randomness,
+               "use 'os' (OS entropy, for deployments) or 'seeded' (reproducible simulations)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    candidates: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_p: float = 0.95
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.candidates >= 1, "candidates", self.candidates, "use an integer >= 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens,
+               "use an integer >= 1")
+        _positive("temperature", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "use an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig:
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "use an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggregationConfig:
+    backend: str = "plaintext"
+
+    def __post_init__(self) -> None:
+        _check(self.backend in AGGREGATION_BACKENDS, "backend", self.backend,
+               f"use one of {', '.join(AGGREGATION_BACKENDS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsensusConfig:
+    """How the server turns the aggregate into consensus points and how pseudo-labels are chosen.
+
+    ``operator`` other than ``mean`` needs individual vectors, so only the plaintext back-end
+    offers it. ``selection``: ``local`` (each client picks among its own candidates; no text
+    leaves a client) or ``shared`` (nominated texts go to the server; allowed only with DP-SGD on
+    or ``server_trusted_with_texts``).
+    """
+
+    operator: str = "mean"
+    selection: str = "local"
+    agreement_threshold: float = 0.0
+    trim_fraction: float = 0.2
+    server_trusted_with_texts: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.operator in CONSENSUS_OPERATORS, "operator", self.operator,
+               f"use one of {', '.join(CONSENSUS_OPERATORS)}")
+        _check(self.selection in SELECTION_MODES, "selection", self.selection,
+               f"use one of {', '.join(SELECTION_MODES)}")
+        _check(math.isfinite(self.agreement_threshold) and self.agreement_threshold >= 0,
+               "agreement_threshold", self.agreement_threshold, "use a finite value >= 0")
+        _check(0 <= self.trim_fraction < 0.5, "trim_fraction", self.trim_fraction,
+               "use a value in [0, 0.5)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    enabled: bool = True
+    before_training: bool = True
+    max_new_tokens: int = 48
+    max_questions: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens,
+               "use an integer >= 1")
+        if self.max_questions is not None:
+            _check(self.max_questions >= 1, "max_questions", self.max_questions,
+                   "use an integer >= 1 or null for all")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A whole federation run, resolved. Written to ``RUN_DIR/config.yaml``."""
+
+    name: str = "run"
+    seed: int = 0
+    rounds: int = 2
+    clients: tuple[ClientConfig, ...]
+    prompts: str
+    max_prompts: int | None = None
+    threads: int | None = None
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "rounds", self.rounds, "use an integer >= 1")
+        _check(len(self.clients) >= 2, "clients", len(self.clients),
+               "a federation needs at least 2 clients")
+        ids = [c.id for c in self.clients]
+        _check(len(set(ids)) == len(ids), "clients", ids, "give every client a distinct id")
+        if self.max_prompts is not None:
+            _check(self.max_prompts >= 1, "max_prompts", self.max_prompts,
+                   "use an integer >= 1 or null for all")
+        if self.threads is not None:
+            _check(self.threads >= 1, "threads", self.threads, "use an integer >= 1 or null")
+        c = self.consensus
+        if c.operator != "mean":
+            _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,
+                   "operators other than 'mean' need individual vectors: use the plaintext "
+                   "back-end or operator 'mean'")
+        if c.selection == "shared":
+            _check(self.privacy.record.enabled or c.server_trusted_with_texts,
+                   "consensus.selection", c.selection,
+                   "shared selection sends texts to the server: turn on privacy.record (DP-SGD) "
+                   "or set consensus.server_trusted_with_texts: true")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from plain data, with full field paths in errors.
+
+T = TypeVar("T")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, value, "give a mapping of fields")
+        return build(tp, value, path)  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(path, value, "give a list")
+        return tuple(_convert(item_tp, v, f"{path}.{i}") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "use true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "use an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "use a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "use a string")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def build(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Builds the dataclass ``cls`` from ``data``, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    prefix = f"{path}." if path else ""
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]],
+                          f"unknown field; known fields are: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e.field}", e.value, e.fix) from None
+    except TypeError as e:
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{prefix}{missing[0]}", None, "this field is required") from None
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain data (lists, not tuples) for YAML/JSON output."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+    return conv(cfg)  # type: ignore[no-any-return]
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError("--set", item, "write overrides as key.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError("--set", item, "write overrides as key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(key, raw, f"the value is not valid YAML ({e})") from None
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(where, part, f"use an index below {len(node)}")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(where, node, "this field has no sub-fields")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(".".join(parts), last, f"use an index below {len(node)}")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(".".join(parts[:-1]), node, "this field has no sub-fields")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("CONFIG", str(p), "give the path of an existing .yaml, .yml or .toml file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError("CONFIG", str(p), "use a .yaml, .yml or .toml file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError("CONFIG", str(p), f"the file does not parse: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("CONFIG", str(p), "the file must hold a mapping of fields")
+    base = p.parent.resolve()
+    # Relative data paths are relative to the configuration file.
+    for c in data.get("clients", []) or []:
+        if isinstance(c, dict):
+            for key in ("train", "eval"):
+                if isinstance(c.get(key), str):
+                    c[key] = _resolve_relative(c[key], base)
+    if isinstance(data.get("prompts"), str):
+        data["prompts"] = _resolve_relative(data["prompts"], base)
+    return data
+
+
+def _resolve_relative(value: str, base: Path) -> str:
+    if value.startswith("demo:") or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def preset_data(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError("--preset", name, f"use one of {', '.join(PRESETS)}")
+    text = (Path(__file__).resolve().parent / "presets" / f"{name}.yaml").read_text("utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError("--preset", name, "the preset file is damaged; reinstall privsem")
+    return data
+
+
+def load_config(path: str | None = None, *, preset: str | None = None,
+                overrides: Sequence[str] = ()) -> RunConfig:
+    """The one place configuration enters: file or preset, then ``--set`` overrides."""
+    if path is not None and preset is not None:
+        raise ConfigError("--preset", preset, "give either a CONFIG file or --preset, not both")
+    data = read_config_file(path) if path is not None else preset_data(preset or "demo")
+    for item in overrides:
+        parts, value = parse_override(item)
+        apply_override(data, parts, value)
+    return build(RunConfig, data)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

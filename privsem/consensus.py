@@ -1,0 +1,91 @@
+"""Consensus per prompt and pseudo-label selection. Pure functions on arrays.
+
+- ``mean``: c_j = S_j / n from the noisy sum S (the only operator a back-end that hides
+  individual vectors supports). Agreement ‖c_j‖ is reported *debiased* for the known noise:
+  E‖c + e‖² = ‖c‖² + d·σ², so a_j = sqrt(max(0, ‖ĉ_j‖² − d·σ²)) with σ the per-entry noise std
+  of ĉ (post-processing of the release and public parameters).
+- Plaintext-only operators on the individual (n, P, d) matrices: ``medoid`` (the client vector
+  with the largest summed cosine similarity to the others), ``geometric_median`` (Weiszfeld
+  1937, with the Vardi–Zhang guard against landing on a data point), ``trimmed_mean``
+  (coordinate-wise, trimming a fraction from each end).
+- Selection: the candidate with the largest inner product with c_j (all candidates are unit
+  vectors, so this is the nearest in cosine); prompts with agreement below the threshold get
+  no label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Consensus:
+    points: np.ndarray  # (P, d)
+    agreement: np.ndarray  # (P,)
+    noise_std: float  # per-entry noise std of ``points`` (0 when unknown/none)
+
+
+def mean_consensus(total: np.ndarray, count: int, *, noise_variance: float) -> Consensus:
+    """Consensus from the noisy sum of ``count`` contributions (noise variance per entry given)."""
+    if count < 1:
+        raise ValueError("mean_consensus: no contributors")
+    points = total / count  # (P, d)
+    var = noise_variance / count**2
+    d = points.shape[1]
+    raw2 = np.sum(points**2, axis=1)
+    agreement = np.sqrt(np.maximum(0.0, raw2 - d * var))
+    return Consensus(points, agreement, math.sqrt(var))
+
+
+def medoid(stack: np.ndarray) -> np.ndarray:
+    """(n, P, d) -> (P, d): per prompt, the member vector most similar to all others."""
+    unit = stack / np.maximum(np.linalg.norm(stack, axis=2, keepdims=True), 1e-12)
+    sims = np.einsum("npd,mpd->pnm", unit, unit)  # (P, n, n)
+    best = np.argmax(sims.sum(axis=2), axis=1)  # (P,)
+    return stack[best, np.arange(stack.shape[1])]
+
+
+def geometric_median(stack: np.ndarray, *, iters: int = 100, eps: float = 1e-9) -> np.ndarray:
+    """(n, P, d) -> (P, d): Weiszfeld iterations per prompt, started at the mean."""
+    z = stack.mean(axis=0)  # (P, d)
+    for _ in range(iters):
+        dist = np.linalg.norm(stack - z[None], axis=2)  # (n, P)
+        w = 1.0 / np.maximum(dist, eps)
+        new = np.einsum("np,npd->pd", w, stack) / w.sum(axis=0)[:, None]
+        if np.max(np.abs(new - z)) < 1e-10:
+            return new
+        z = new
+    return z
+
+
+def trimmed_mean(stack: np.ndarray, *, fraction: float) -> np.ndarray:
+    """(n, P, d) -> (P, d): coordinate-wise mean after dropping ⌊fraction·n⌋ from each end."""
+    n = stack.shape[0]
+    k = int(math.floor(fraction * n))
+    if 2 * k >= n:
+        raise ValueError(f"trimmed_mean: trimming {k} of {n} from each end leaves nothing")
+    s = np.sort(stack, axis=0)
+    return s[k:n - k].mean(axis=0)
+
+
+def robust_consensus(stack: np.ndarray, operator: str, *, trim_fraction: float) -> Consensus:
+    if operator == "medoid":
+        pts = medoid(stack)
+    elif operator == "geometric_median":
+        pts = geometric_median(stack)
+    elif operator == "trimmed_mean":
+        pts = trimmed_mean(stack, fraction=trim_fraction)
+    else:
+        raise ValueError(f"robust_consensus: unknown operator {operator!r}")
+    return Consensus(pts, np.linalg.norm(pts, axis=1), 0.0)
+
+
+def select_nearest(candidates: np.ndarray, points: np.ndarray, agreement: np.ndarray, *,
+                   threshold: float) -> list[int | None]:
+    """candidates (P, k, d) unit vectors -> per prompt the index nearest c_j, or None if skipped."""
+    scores = np.einsum("pkd,pd->pk", candidates, points)  # (P, k)
+    best = np.argmax(scores, axis=1)
+    return [int(b) if agreement[j] >= threshold else None for j, b in enumerate(best)]

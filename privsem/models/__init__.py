@@ -1,0 +1,1 @@
+"""Models: loading (built-in names, HF directories, GGUF files), LoRA, DP-SGD, generation, embedding."""

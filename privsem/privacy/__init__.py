@@ -1,0 +1,1 @@
+"""Mechanisms and accounting: DP events, calibration, the embedding release and the ledger."""

@@ -1,0 +1,327 @@
+"""A federation client: private data, its own model, its own ledger entries. Transport-free.
+
+Each handler takes a frame (bytes) and returns the frame to send, if any. The client trusts its
+own configuration for every privacy parameter: a round spec whose session id, prompt set or
+parameters disagree with what the client expects aborts the round on this client (T32).
+
+Per round (DESIGN.md §1): ledger check and charge → DP-SGD on private data → fine-tuning on last
+round's pseudo-labels → generate k candidates per public prompt → embed, validate, joint clip,
+noise → ledger charge → upload. Then, on the consensus: choose pseudo-labels (local) or nominate
+(shared).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from privsem.aggregation.base import AggregationBackend
+from privsem.config import ClientConfig, RunConfig
+from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
+from privsem.errors import BudgetExceeded, EmbeddingRejected, ProtocolAbort
+from privsem.models.embedder import Embedder
+from privsem.models.generation import generate
+from privsem.models.loading import load_model
+from privsem.models.prompting import resolve_format
+from privsem.models.training import (
+    TrainStats,
+    add_lora,
+    encode_examples,
+    mean_reference_loss,
+    train_dp_sgd,
+    train_plain,
+)
+from privsem.privacy.embedding import release, validate_embeddings
+from privsem.privacy.ledger import Ledger
+from privsem.privacy.plan import PrivacyPlan
+from privsem.protocol.messages import (
+    ConsensusBroadcast,
+    Nomination,
+    PseudoLabels,
+    RoundSpec,
+    Stage,
+    StageMachine,
+    decode,
+    encode,
+)
+from privsem.protocol.session import expected_params, session_id
+from privsem.rng import Randomness
+
+
+@dataclass
+class RoundLog:
+    """What one client measured in one round (goes to metrics.jsonl)."""
+
+    round: int
+    status: list[str] = field(default_factory=list)
+    dp_train: TrainStats | None = None
+    pseudo_train: TrainStats | None = None
+    clip_factor: float = math.nan
+    labels: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Client:
+    def __init__(self, cfg: RunConfig, ccfg: ClientConfig, *, prompts: list[PublicPrompt],
+                 prompt_hash: str, embedder: Embedder, ledger: Ledger, plan: PrivacyPlan,
+                 backend: AggregationBackend, randomness: Randomness,
+                 private_data: list[Example] | None = None) -> None:
+        self.cfg, self.ccfg, self.id = cfg, ccfg, ccfg.id
+        self.prompts, self.prompt_hash = prompts, prompt_hash
+        self.embedder, self.ledger, self.plan = embedder, ledger, plan
+        self.backend, self.rng = backend, randomness
+        self.stage = StageMachine(f"client {self.id}")
+        loaded = load_model(ccfg.model.name, seed=randomness.seed_for("init", self.id) % 2**31)
+        self.source, self.architecture = loaded.source, loaded.architecture
+        self.tokenizer = loaded.tokenizer
+        lora = ccfg.model.lora
+        self.model = add_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
+                              targets=lora.targets, dropout=lora.dropout)
+        self.fmt = resolve_format(self.tokenizer, ccfg.model.prompt_format)
+        self._private = private_data if private_data is not None else load_examples(ccfg.train)
+        self._private_t = encode_examples(self.tokenizer, self.fmt, self._private,
+                                          ccfg.model.max_length)
+        self.eval_items: list[EvalItem] = load_eval(ccfg.eval) if ccfg.eval else []
+        if cfg.evaluation.max_questions is not None:
+            self.eval_items = _limit_per_scope(self.eval_items, cfg.evaluation.max_questions)
+        self.pseudo_labels: list[Example] = []
+        self._spec: RoundSpec | None = None
+        self._cand_texts: list[list[str]] = []
+        self._cand_emb: np.ndarray | None = None  # (P, k, d)
+        self.log = RoundLog(0)
+
+    # ------------------------------------------------------------------ round handlers
+    def on_round_spec(self, frame: bytes) -> bytes | None:
+        """Steps 1–6. Returns the upload frame, or None if the client does not contribute."""
+        spec = decode(frame, RoundSpec)
+        self._check_spec(spec)
+        self.stage.advance(Stage.SPEC)
+        self._spec, self.log = spec, RoundLog(spec.round)
+        plan = self.plan.clients[self.id]
+        self._timed("train_private", lambda: self._train_private(spec.round, plan))
+        self._timed("train_pseudo", self._train_on_pseudo_labels)
+        self._timed("generate", self._generate_candidates)
+        upload = self._timed("embed_release", lambda: self._release(spec))
+        self.stage.advance(Stage.UPLOAD)
+        return upload
+
+    def on_consensus(self, frame: bytes) -> bytes | None:
+        """Steps 8–9: pseudo-labels (local) or a nomination (shared)."""
+        msg = decode(frame, ConsensusBroadcast)
+        spec = self._require_spec(msg.session_id, msg.round)
+        self.stage.advance(Stage.CONSENSUS)
+        if msg.consensus.shape != (len(spec.prompt_ids), spec.dim) or msg.agreement.shape != (
+                len(spec.prompt_ids),):
+            raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape}")
+        if self._cand_emb is None:
+            raise ProtocolAbort(f"client {self.id}: consensus before candidates were generated")
+        choice = _select(self._cand_emb, msg.consensus, msg.agreement,
+                         self.cfg.consensus.agreement_threshold)
+        texts = [self._cand_texts[j][c] if c is not None else None for j, c in enumerate(choice)]
+        if self.cfg.consensus.selection == "local":
+            self._set_labels(texts)
+            self.stage.advance(Stage.DONE)
+            return None
+        # Shared mode: texts leave the client. They are post-processing of the DP-SGD model
+        # (record level); the ledger records the release before it happens.
+        plan = self.plan.clients[self.id]
+        from dp_accounting import dp_event as ev
+
+        event = ev.NoOpDpEvent() if plan.noise_multiplier > 0 else ev.NonPrivateDpEvent()
+        self.ledger.charge(client=self.id, round=spec.round, unit="record",
+                           mechanism="text_nomination", event=event,
+                           delta=self.cfg.privacy.record.delta, budget=plan.record_budget,
+                           detail={"texts": sum(t is not None for t in texts),
+                                   "basis": "post-processing of the DP-SGD model"
+                                   if plan.noise_multiplier > 0 else "server trusted with texts"})
+        self.stage.advance(Stage.NOMINATION)
+        return encode(Nomination(session_id=spec.session_id, round=spec.round, client=self.id,
+                                 texts=tuple(texts)))
+
+    def on_pseudo_labels(self, frame: bytes) -> None:
+        msg = decode(frame, PseudoLabels)
+        spec = self._require_spec(msg.session_id, msg.round)
+        if len(msg.texts) != len(spec.prompt_ids):
+            raise ProtocolAbort(f"client {self.id}: {len(msg.texts)} labels for "
+                                f"{len(spec.prompt_ids)} prompts")
+        self.stage.advance(Stage.LABELS)
+        self._set_labels(list(msg.texts))
+        self.stage.advance(Stage.DONE)
+
+    def abort_round(self) -> None:
+        if self.stage.stage not in (Stage.DONE, Stage.ABORTED, Stage.IDLE):
+            self.stage.advance(Stage.ABORTED)
+
+    # ------------------------------------------------------------------ steps
+    def _check_spec(self, spec: RoundSpec) -> None:
+        want = expected_params(self.cfg, self.plan)
+        if self.id not in spec.cohort:
+            raise ProtocolAbort(f"client {self.id}: not in the round's cohort")
+        if spec.prompt_set_hash != self.prompt_hash or list(spec.prompt_ids) != [
+                p.id for p in self.prompts]:
+            raise ProtocolAbort(f"client {self.id}: round {spec.round} announces a different "
+                                "prompt set than the client holds")
+        if spec.params != want:
+            raise ProtocolAbort(f"client {self.id}: round parameters {spec.params} differ from "
+                                f"the client's own {want}")
+        if spec.dim != self.embedder.dim:
+            raise ProtocolAbort(f"client {self.id}: dim {spec.dim} != encoder dim "
+                                f"{self.embedder.dim}")
+        if spec.session_id != session_id(spec.round, spec.cohort, spec.prompt_set_hash,
+                                          spec.params):
+            raise ProtocolAbort(f"client {self.id}: session id does not bind the round's "
+                                "contents")
+
+    def _require_spec(self, sid: str, rnd: int) -> RoundSpec:
+        if self._spec is None or sid != self._spec.session_id or rnd != self._spec.round:
+            raise ProtocolAbort(f"client {self.id}: message for another session or round")
+        return self._spec
+
+    def _train_private(self, rnd: int, plan: Any) -> None:
+        """Step 1–2: charge the ledger first, then DP-SGD. Refuses before any forward pass."""
+        try:
+            self.ledger.charge(client=self.id, round=rnd, unit="record", mechanism="dp_sgd",
+                               event=plan.round_event(), delta=self.cfg.privacy.record.delta,
+                               budget=plan.record_budget,
+                               detail={"noise_multiplier": plan.noise_multiplier,
+                                       "sample_rate": plan.sample_rate,
+                                       "steps": plan.steps_per_round,
+                                       "max_grad_norm": self.cfg.privacy.record.max_grad_norm})
+        except BudgetExceeded as e:
+            self.log.status.append(f"refused private training: {e}")
+            return
+        t = self.cfg.training
+        if plan.noise_multiplier > 0:
+            self.log.dp_train = train_dp_sgd(
+                self.model, self._private_t, steps=plan.steps_per_round,
+                sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=self.cfg.privacy.record.max_grad_norm,
+                learning_rate=t.learning_rate,
+                generator=self.rng.torch_generator("dp_sgd", self.id, rnd),
+                secure_mode=self.rng.secure)
+        else:
+            self.log.dp_train = train_plain(
+                self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
+                batch_size=t.batch_size, learning_rate=t.learning_rate,
+                generator=self.rng.torch_generator("plain", self.id, rnd))
+        self.log.status.append("trained on private data")
+
+    def _train_on_pseudo_labels(self) -> None:
+        t = self.cfg.training
+        if not self.pseudo_labels or t.pseudo_label_epochs == 0:
+            return
+        data = encode_examples(self.tokenizer, self.fmt, self.pseudo_labels,
+                               self.ccfg.model.max_length)
+        self.log.pseudo_train = train_plain(
+            self.model, data, epochs=t.pseudo_label_epochs, batch_size=t.pseudo_label_batch_size,
+            learning_rate=t.pseudo_label_learning_rate,
+            generator=self.rng.torch_generator("pseudo", self.id, self.log.round))
+
+    def _generate_candidates(self) -> None:
+        g = self.cfg.generation
+        convs = [(("user", p.text),) for p in self.prompts]
+        self._cand_texts = generate(
+            self.model, self.tokenizer, self.fmt, convs, k=g.candidates,
+            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+            batch_size=g.batch_size, seed=self.rng.seed_for("generate", self.id, self.log.round))
+        flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
+        emb = self.embedder.encode(flat)  # (P·k, d)
+        self._cand_emb = emb.reshape(len(self.prompts), g.candidates, -1).astype(np.float64)
+
+    def answer_matrix(self) -> np.ndarray:
+        """(P, d): per prompt, the normalised mean of the client's candidate embeddings."""
+        if self._cand_emb is None:
+            raise ProtocolAbort(f"client {self.id}: no candidates generated")
+        m = self._cand_emb.mean(axis=1)
+        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+    def _release(self, spec: RoundSpec) -> bytes | None:
+        """Steps 5–6: validate, clip, noise, charge the ledger, then encode the upload."""
+        try:
+            matrix = validate_embeddings(self.answer_matrix(), prompts=len(spec.prompt_ids),
+                                         dim=spec.dim)
+        except EmbeddingRejected as e:
+            self.log.status.append(f"upload withheld: {e}")
+            return None
+        rel = release(matrix, clip=self.plan.clip,
+                      noise_multiplier=self.plan.embedding_noise_multiplier,
+                      randomness=self.rng)
+        self.log.clip_factor = rel.clip_factor
+        try:
+            self.ledger.charge(client=self.id, round=spec.round, unit="client",
+                               mechanism="embedding_gaussian", event=self.plan.embedding_event(),
+                               delta=self.cfg.privacy.client.delta,
+                               budget=self.plan.client_budget,
+                               detail={"noise_multiplier": self.plan.embedding_noise_multiplier,
+                                       "clip": rel.clip, "clip_factor": rel.clip_factor,
+                                       "noise_std": rel.noise_std,
+                                       "shape": list(matrix.shape)})
+        except BudgetExceeded as e:
+            self.log.status.append(f"upload refused: {e}")
+            return None
+        self.log.status.append("uploaded")
+        return self.backend.client(spec, self.id).contribute(rel.noisy, noise_std=rel.noise_std)
+
+    def _set_labels(self, texts: list[str | None]) -> None:
+        self.pseudo_labels = [Example(messages=(("user", p.text),), response=t)
+                              for p, t in zip(self.prompts, texts) if t]
+        self.log.labels = len(self.pseudo_labels)
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.log.seconds[name] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, *, max_new_tokens: int, seed: int) -> dict[str, float]:
+        """Scores on held-out questions of the client's own topics and of other clients'."""
+        if not self.eval_items:
+            return {}
+        convs = [it.example.messages for it in self.eval_items]
+        answers = [a[0] for a in generate(self.model, self.tokenizer, self.fmt, convs, k=1,
+                                          max_new_tokens=max_new_tokens, temperature=1.0,
+                                          top_p=1.0, batch_size=16, seed=seed, sample=False)]
+        refs = [it.example.response for it in self.eval_items]
+        ea = self.embedder.encode([a if a.strip() else "(empty answer)" for a in answers])
+        er = self.embedder.encode(refs)
+        sims = np.sum(ea * er, axis=1)
+        data = encode_examples(self.tokenizer, self.fmt, [it.example for it in self.eval_items],
+                               self.ccfg.model.max_length)
+        nll = np.asarray(mean_reference_loss(self.model, data))
+        out: dict[str, float] = {}
+        for scope in ("own", "other"):
+            idx = [i for i, it in enumerate(self.eval_items) if it.scope == scope]
+            if not idx:
+                continue
+            out[f"{scope}_similarity"] = float(np.mean(sims[idx]))
+            out[f"{scope}_nll"] = float(np.mean(nll[idx]))
+            keyed = [i for i in idx if self.eval_items[i].key]
+            if keyed:
+                out[f"{scope}_key_recall"] = float(np.mean(
+                    [self.eval_items[i].key.lower() in answers[i].lower()  # type: ignore[union-attr]
+                     for i in keyed]))
+        self.last_answers = list(zip([it.example.messages[-1][1] for it in self.eval_items],
+                                     answers))
+        return out
+
+
+def _select(cand: np.ndarray, points: np.ndarray, agreement: np.ndarray,
+            threshold: float) -> list[int | None]:
+    from privsem.consensus import select_nearest
+
+    return select_nearest(cand, points.astype(np.float64), agreement, threshold=threshold)
+
+
+def _limit_per_scope(items: list[EvalItem], n: int) -> list[EvalItem]:
+    out, count = [], {"own": 0, "other": 0}
+    for it in items:
+        if count[it.scope] < n:
+            out.append(it)
+            count[it.scope] += 1
+    return out

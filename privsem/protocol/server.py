@@ -1,0 +1,118 @@
+"""The server: announces rounds, sums uploads through the back-end, forms the consensus, and in
+shared mode picks the nominated text nearest each consensus point. Transport-free."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privsem.aggregation.base import AggregateResult, AggregationBackend, ServerAggregator
+from privsem.config import RunConfig
+from privsem.consensus import Consensus, mean_consensus, robust_consensus, select_nearest
+from privsem.data import PublicPrompt
+from privsem.errors import MessageError, ProtocolAbort
+from privsem.models.embedder import Embedder
+from privsem.privacy.plan import PrivacyPlan
+from privsem.protocol.messages import (
+    ConsensusBroadcast,
+    Nomination,
+    PseudoLabels,
+    RoundSpec,
+    Stage,
+    StageMachine,
+    decode,
+    encode,
+)
+from privsem.protocol.session import expected_params, session_id
+
+
+class Server:
+    def __init__(self, cfg: RunConfig, *, prompts: list[PublicPrompt], prompt_hash: str,
+                 dim: int, plan: PrivacyPlan, backend: AggregationBackend,
+                 embedder: Embedder | None = None) -> None:
+        self.cfg, self.prompts, self.prompt_hash = cfg, prompts, prompt_hash
+        self.dim, self.plan, self.backend, self.embedder = dim, plan, backend, embedder
+        self.stage = StageMachine("server")
+        self.spec: RoundSpec | None = None
+        self._agg: ServerAggregator | None = None
+        self.result: AggregateResult | None = None
+        self.consensus: Consensus | None = None
+
+    def open_round(self, rnd: int, cohort: tuple[str, ...]) -> bytes:
+        params = expected_params(self.cfg, self.plan)
+        self.spec = RoundSpec(round=rnd, session_id=session_id(rnd, cohort, self.prompt_hash,
+                                                               params),
+                              cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
+                              prompt_set_hash=self.prompt_hash, dim=self.dim, params=params)
+        self.stage.advance(Stage.SPEC)
+        self._agg = self.backend.server(self.spec)
+        return encode(self.spec)
+
+    def receive_upload(self, client: str, frame: bytes) -> None:
+        self.stage.expect(Stage.SPEC)
+        if self._agg is None:
+            raise ProtocolAbort("server: upload before the round was opened")
+        self._agg.receive(client, frame)
+
+    def close_uploads(self) -> bytes | None:
+        """Step 7: the consensus broadcast, or None (round aborted) when nobody contributed."""
+        if self._agg is None or self.spec is None:
+            raise ProtocolAbort("server: no open round")
+        self.result = self._agg.finish()
+        if not self.result.contributors:
+            self.stage.advance(Stage.ABORTED)
+            return None
+        self.stage.advance(Stage.UPLOAD)
+        op = self.cfg.consensus.operator
+        if op == "mean":
+            self.consensus = mean_consensus(self.result.total, len(self.result.contributors),
+                                            noise_variance=self.result.noise_variance)
+        else:
+            if self.result.individual is None:
+                raise ProtocolAbort(f"server: operator {op!r} needs individual vectors, which "
+                                    f"the {self.backend.name} back-end does not reveal")
+            stack = np.stack([self.result.individual[c] for c in self.result.contributors])
+            self.consensus = robust_consensus(stack, op,
+                                              trim_fraction=self.cfg.consensus.trim_fraction)
+        self.stage.advance(Stage.CONSENSUS)
+        return encode(ConsensusBroadcast(
+            session_id=self.spec.session_id, round=self.spec.round,
+            contributors=self.result.contributors,
+            noise_std_of_consensus=self.consensus.noise_std,
+            consensus=self.consensus.points.astype(np.float32),
+            agreement=self.consensus.agreement.astype(np.float32)))
+
+    def choose_labels(self, nominations: dict[str, bytes]) -> bytes:
+        """Shared mode: per prompt, the nominated text nearest the consensus point."""
+        if self.spec is None or self.consensus is None or self.embedder is None:
+            raise ProtocolAbort("server: shared selection needs a consensus and an encoder")
+        self.stage.advance(Stage.NOMINATION)
+        P = len(self.prompts)
+        texts: list[list[str]] = [[] for _ in range(P)]
+        for client, frame in nominations.items():
+            try:
+                nom = decode(frame, Nomination)
+            except MessageError:
+                continue  # a malformed nomination is excluded
+            if (nom.session_id != self.spec.session_id or nom.client != client
+                    or client not in self.spec.cohort or len(nom.texts) != P):
+                continue
+            for j, t in enumerate(nom.texts):
+                if isinstance(t, str) and t.strip():
+                    texts[j].append(t)
+        chosen: list[str | None] = []
+        for j in range(P):
+            if not texts[j]:
+                chosen.append(None)
+                continue
+            emb = self.embedder.encode(texts[j]).astype(np.float64)[None]  # (1, m, d)
+            idx = select_nearest(emb, self.consensus.points[j:j + 1],
+                                 self.consensus.agreement[j:j + 1],
+                                 threshold=self.cfg.consensus.agreement_threshold)[0]
+            chosen.append(texts[j][idx] if idx is not None else None)
+        self.stage.advance(Stage.LABELS)
+        return encode(PseudoLabels(session_id=self.spec.session_id, round=self.spec.round,
+                                   texts=tuple(chosen)))
+
+    def end_round(self) -> None:
+        if self.stage.stage in (Stage.CONSENSUS, Stage.LABELS):
+            self.stage.advance(Stage.DONE)

@@ -1,0 +1,100 @@
+"""``RUN_DIR/report.md``: one table per client and round (scores, agreement, bytes, ε), then the
+privacy plan and what each party saw. Everything is read back from the run folder's files, so
+the report shows what was written, not what was intended."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from privsem.config import RunConfig
+from privsem.privacy.plan import PrivacyPlan
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f}"
+
+
+def write_report(out: Path, cfg: RunConfig, plan: PrivacyPlan, *, seconds: float) -> Path:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()
+              if line] if (out / "ledger.jsonl").exists() else []
+    L: list[str] = []
+    L.append(f"# privsem run `{cfg.name}`\n")
+    L.append(f"{cfg.rounds} rounds, {len(cfg.clients)} clients, {plan.prompts} public prompts, "
+             f"back-end `{cfg.aggregation.backend}`, consensus `{cfg.consensus.operator}`, "
+             f"selection `{cfg.consensus.selection}`. Wall time {seconds:.0f} s.\n")
+    L.append("## Per client and round\n")
+    L.append("Round 0 is the model before any training. *sim* is the cosine similarity of the "
+             "greedy answer's embedding to the reference answer; *recall* the share of answers "
+             "that contain the fact asked for; *own* are held-out questions on the client's own "
+             "topics, *other* on topics only other clients hold. *agree* is the mean debiased "
+             "agreement ‖c_j‖ over prompts. Bytes are the serialised messages of the round.\n")
+    L.append("| round | client | model | sim own | sim other | recall own | recall other "
+             "| NLL own | NLL other | agree | KiB up | KiB down | ε record | ε client "
+             "| train loss | seconds |")
+    L.append("|" + "---|" * 16)
+    for r in rows:
+        L.append("| " + " | ".join([
+            str(r["round"]), r["client"], r["model"], _f(r.get("own_similarity")),
+            _f(r.get("other_similarity")), _f(r.get("own_key_recall"), 2),
+            _f(r.get("other_key_recall"), 2), _f(r.get("own_nll"), 2), _f(r.get("other_nll"), 2),
+            _f(r.get("mean_agreement")), _kb(r["bytes_up"]), _kb(r["bytes_down"]),
+            _f(r["epsilon_record"], 2), _f(r["epsilon_client"], 2), _f(r.get("train_loss"), 3),
+            _f(r["seconds"], 1)]) + " |")
+    L.append("")
+    L.append("## Privacy\n")
+    rp, cp = cfg.privacy.record, cfg.privacy.client
+    if rp.enabled:
+        L.append(f"- **Record level** (one training example of one client): DP-SGD with Poisson "
+                 f"sampling, clip {rp.max_grad_norm}, target ε={rp.epsilon} at δ={rp.delta} "
+                 f"over {cfg.rounds} rounds ({cfg.privacy.accountant.upper()} accountant).")
+        for cp_ in plan.clients.values():
+            L.append(f"  - `{cp_.client}`: N={cp_.examples}, q={cp_.sample_rate:.4f}, "
+                     f"{cp_.steps_per_round} steps a round, σ={cp_.noise_multiplier:.4f}")
+    else:
+        L.append("- **Record level**: DP-SGD is OFF. Private data is used without record-level "
+                 "protection beyond the client-level release.")
+    if cp.enabled:
+        L.append(f"- **Client level** (everything one client contributes): joint clip C="
+                 f"{plan.clip:.4f} on the ({plan.prompts} × d) matrix, Gaussian noise z="
+                 f"{plan.embedding_noise_multiplier:.4f} (std {plan.embedding_noise_std:.4f} per "
+                 f"entry), placement `{cp.placement}`, target ε={cp.epsilon} at δ={cp.delta} "
+                 f"over {cfg.rounds} rounds.")
+    else:
+        L.append("- **Client level**: embedding noise is OFF; the server sees exact embeddings.")
+    if cfg.privacy.randomness == "seeded":
+        L.append("- Noise is drawn from a **seeded** generator: reproducible for simulation, "
+                 "not a deployment setting (use `privacy.randomness: os`).")
+    L.append("- Accounted ε per client and unit is the ledger's (`ledger.jsonl`), which charges "
+             "each release before it happens.\n")
+    refused = [e for r in rows for e in r.get("status", []) if "refused" in e or "withheld" in e]
+    if refused:
+        L.append("Refusals:\n")
+        L.extend(f"- {e}" for e in refused)
+        L.append("")
+    L.append("## What each party saw\n")
+    if cfg.aggregation.backend == "plaintext":
+        L.append("- **Server** (`plaintext` back-end): every contributing client's clipped and "
+                 "noised embedding matrix, the sum, and the consensus"
+                 + (" plus the nominated texts (shared selection)." if
+                    cfg.consensus.selection == "shared" else "."))
+    L.append("- **Other clients**: the consensus points and agreement per prompt"
+             + (" and the chosen pseudo-label texts." if cfg.consensus.selection == "shared"
+                else "; pseudo-labels were chosen locally, so no text left any client."))
+    L.append(f"- Ledger entries: {len(ledger)}.\n")
+    p = out / "report.md"
+    p.write_text("\n".join(L) + "\n", encoding="utf-8")
+    return p

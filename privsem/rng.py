@@ -1,0 +1,115 @@
+"""The one module that owns randomness in privsem.
+
+Rules for changing it:
+- Nothing on a privacy path draws from global ``np.random``, ``random`` or an unseeded torch
+  generator. Every consumer asks this module for an explicit generator.
+- :class:`SeededRandomness` is for simulations and tests: reproducible under a seed, *not* for
+  deployments (an adversary who learns the seed can subtract the noise).
+- :class:`SecureRandomness` draws from OS entropy (``secrets``/``os.urandom``); Gaussian noise is
+  produced by Box-Muller from CSPRNG uniforms, and torch generators are seeded from 256 bits of
+  OS entropy (Opacus' DP-SGD noise is floating-point Gaussian: a documented residual risk).
+- Seeds for independent streams are derived with SHA-256 from the root seed and a label, so that
+  adding a stream never shifts another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+
+def derive_seed(root: int, *labels: object) -> int:
+    """A 64-bit seed for the stream named by ``labels`` under ``root`` (SHA-256, domain-separated)."""
+    h = hashlib.sha256(b"privsem/seed/v1")
+    h.update(int(root).to_bytes(16, "little", signed=True))
+    for label in labels:
+        data = str(label).encode()
+        h.update(len(data).to_bytes(4, "little") + data)
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+class Randomness(ABC):
+    """Source of noise and sampling randomness for one party."""
+
+    secure: bool
+
+    @abstractmethod
+    def gaussian(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        """Float64 samples from N(0, std²)."""
+
+    @abstractmethod
+    def torch_generator(self, *labels: object) -> torch.Generator:
+        """A torch generator for the stream named by ``labels`` (Opacus noise, Poisson sampling)."""
+
+    @abstractmethod
+    def seed_for(self, *labels: object) -> int:
+        """A 64-bit seed for non-privacy streams (generation sampling)."""
+
+
+class SeededRandomness(Randomness):
+    """Reproducible randomness for simulations and tests. Not for deployments."""
+
+    secure = False
+
+    def __init__(self, seed: int, *labels: object) -> None:
+        self._root = derive_seed(seed, *labels)
+        self._np = np.random.Generator(np.random.PCG64(self._root))
+
+    def gaussian(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        if std < 0:
+            raise ValueError(f"gaussian: std must be >= 0, got {std}")
+        return self._np.normal(0.0, std, size=shape) if std > 0 else np.zeros(shape)
+
+    def torch_generator(self, *labels: object) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self._root, "torch", *labels) & ((1 << 63) - 1))
+        return g
+
+    def seed_for(self, *labels: object) -> int:
+        return derive_seed(self._root, "seed", *labels)
+
+
+def _uniform_open01(n: int) -> np.ndarray:
+    """``n`` uniforms in the open interval (0, 1) with 53 random bits each, from ``os.urandom``."""
+    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+    return (raw.astype(np.float64) + 0.5) / float(1 << 53)
+
+
+class SecureRandomness(Randomness):
+    """Randomness from OS entropy. Gaussian noise by Box-Muller over CSPRNG uniforms."""
+
+    secure = True
+
+    def gaussian(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        if std < 0:
+            raise ValueError(f"gaussian: std must be >= 0, got {std}")
+        n = int(np.prod(shape)) if shape else 1
+        if std == 0 or n == 0:
+            return np.zeros(shape)
+        m = (n + 1) // 2
+        u1, u2 = _uniform_open01(m), _uniform_open01(m)
+        r = np.sqrt(-2.0 * np.log(u1))
+        z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
+        return (z * std).reshape(shape)
+
+    def torch_generator(self, *labels: object) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(secrets.randbits(63))
+        return g
+
+    def seed_for(self, *labels: object) -> int:
+        return secrets.randbits(64)
+
+
+def make_randomness(kind: str, seed: int, *labels: object) -> Randomness:
+    """``kind`` is ``"seeded"`` (simulation) or ``"os"`` (deployment)."""
+    if kind == "seeded":
+        return SeededRandomness(seed, *labels)
+    if kind == "os":
+        return SecureRandomness()
+    raise ValueError(f"randomness kind must be 'seeded' or 'os', got {kind!r}")

@@ -1,0 +1,187 @@
+"""The in-process runtime: every party in one process, deterministic under a seed.
+
+The round loop reads on one screen (DESIGN.md §1); each step is a named function. Runtimes only
+move bytes between the transport-free client and server; every byte counted in the metrics is
+a byte of a serialised message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from privsem.aggregation import get_backend
+from privsem.config import RunConfig, dump_yaml
+from privsem.data import load_examples, load_prompts, prompt_set_hash
+from privsem.errors import ProtocolAbort
+from privsem.models.embedder import Embedder
+from privsem.privacy.ledger import Ledger
+from privsem.privacy.plan import PrivacyPlan, make_plan
+from privsem.protocol.client import Client
+from privsem.protocol.server import Server
+from privsem.rng import derive_seed, make_randomness
+
+
+@dataclass
+class Federation:
+    cfg: RunConfig
+    out: Path
+    server: Server
+    clients: dict[str, Client]
+    ledger: Ledger
+    plan: PrivacyPlan
+
+
+Progress = Callable[[str], None]
+
+
+def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    prompts = load_prompts(cfg.prompts, cfg.max_prompts)
+    phash = prompt_set_hash(prompts)
+    private = {c.id: load_examples(c.train) for c in cfg.clients}
+    plan = make_plan(cfg, {cid: len(ex) for cid, ex in private.items()}, len(prompts))
+    progress("loading encoder")
+    embedder = Embedder(cfg.embedding.model, batch_size=cfg.embedding.batch_size)
+    ledger = Ledger(out / "ledger.jsonl", accountant=cfg.privacy.accountant)
+    backend = get_backend(cfg.aggregation.backend)
+    clients = {}
+    for c in cfg.clients:
+        progress(f"loading {c.id}: {c.model.name}")
+        clients[c.id] = Client(cfg, c, prompts=prompts, prompt_hash=phash, embedder=embedder,
+                               ledger=ledger, plan=plan, backend=backend,
+                               randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
+                                                          "client", c.id),
+                               private_data=private[c.id])
+    server = Server(cfg, prompts=prompts, prompt_hash=phash, dim=embedder.dim, plan=plan,
+                    backend=backend, embedder=embedder)
+    return Federation(cfg, out, server, clients, ledger, plan)
+
+
+def run_round(fed: Federation, rnd: int, progress: Progress) -> dict[str, dict[str, int]]:
+    """One round; returns bytes up/down per client, measured from the serialised messages."""
+    traffic = {cid: {"up": 0, "down": 0} for cid in fed.clients}
+    spec = fed.server.open_round(rnd, tuple(fed.clients))                       # 1. announce
+    for cid, client in fed.clients.items():                                     # 2–6. clients
+        progress(f"round {rnd}: {cid} trains, generates, releases")
+        traffic[cid]["down"] += len(spec)
+        try:
+            upload = client.on_round_spec(spec)
+        except ProtocolAbort as e:
+            client.abort_round()
+            client.log.status.append(f"aborted: {e}")
+            continue
+        if upload is not None:
+            traffic[cid]["up"] += len(upload)
+            fed.server.receive_upload(cid, upload)
+    progress(f"round {rnd}: server aggregates")
+    broadcast = fed.server.close_uploads()                                      # 7. consensus
+    if broadcast is None:
+        for client in fed.clients.values():
+            client.abort_round()
+        return traffic
+    nominations = {}
+    for cid, client in fed.clients.items():                                     # 8–9. labels
+        if client.stage.stage.value == "aborted":
+            continue
+        traffic[cid]["down"] += len(broadcast)
+        nom = client.on_consensus(broadcast)
+        if nom is not None:
+            traffic[cid]["up"] += len(nom)
+            nominations[cid] = nom
+    if fed.cfg.consensus.selection == "shared":
+        labels = fed.server.choose_labels(nominations)
+        for cid in nominations:
+            traffic[cid]["down"] += len(labels)
+            fed.clients[cid].on_pseudo_labels(labels)
+    fed.server.end_round()
+    return traffic
+
+
+def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, int],
+                scores: dict[str, float], eval_seconds: float) -> dict[str, Any]:
+    cfg, log = fed.cfg, client.log
+    cons = fed.server.consensus if rnd > 0 else None
+    rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
+    row: dict[str, Any] = {
+        "round": rnd, "client": client.id, "model": client.ccfg.model.name,
+        "architecture": client.architecture,
+        "bytes_up": traffic["up"], "bytes_down": traffic["down"],
+        "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
+        "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
+        "eval_seconds": eval_seconds,
+        "train_loss": log.dp_train.mean_loss if rnd > 0 and log.dp_train else None,
+        "dp_steps": log.dp_train.steps if rnd > 0 and log.dp_train else 0,
+        "empty_batches": log.dp_train.empty_batches if rnd > 0 and log.dp_train else 0,
+        "pseudo_label_loss": log.pseudo_train.mean_loss if rnd > 0 and log.pseudo_train
+        else None,
+        "pseudo_labels_next_round": log.labels if rnd > 0 else 0,
+        "mean_agreement": float(cons.agreement.mean()) if cons is not None else None,
+        "consensus_noise_std": cons.noise_std if cons is not None else None,
+        "contributors": len(fed.server.result.contributors)
+        if rnd > 0 and fed.server.result else 0,
+        "clip_factor": log.clip_factor if rnd > 0 else None,
+        "epsilon_record": fed.ledger.spent(client.id, "record", delta=rd),
+        "epsilon_client": fed.ledger.spent(client.id, "client", delta=cd),
+        "status": log.status if rnd > 0 else ["before training"],
+    }
+    row.update(scores)
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+
+def evaluate_all(fed: Federation, rnd: int, traffic: dict[str, dict[str, int]],
+                 progress: Progress) -> list[dict[str, Any]]:
+    rows = []
+    ev = fed.cfg.evaluation
+    for cid, client in fed.clients.items():
+        progress(f"round {rnd}: evaluating {cid}")
+        t0 = time.perf_counter()
+        scores = client.evaluate(max_new_tokens=ev.max_new_tokens,
+                                 seed=derive_seed(fed.cfg.seed, "eval", cid, rnd)
+                                 ) if ev.enabled else {}
+        rows.append(metrics_row(fed, client, rnd, traffic[cid], scores,
+                                time.perf_counter() - t0))
+    return rows
+
+
+def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True) -> Path:
+    """Runs the federation and writes the run folder. Returns its path."""
+    from privsem.reports.markdown import write_report
+
+    out = Path(out)
+    started = time.time()
+    bar = tqdm(total=cfg.rounds + 1, desc="privsem", unit="round", disable=not show_progress,
+               dynamic_ncols=True)
+    step = bar.set_postfix_str if show_progress else (lambda s: None)
+    fed = setup(cfg, out, step)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("", encoding="utf-8")
+
+    def emit(rows: list[dict[str, Any]]) -> None:
+        with metrics.open("a", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+
+    zero = {cid: {"up": 0, "down": 0} for cid in fed.clients}
+    if cfg.evaluation.enabled and cfg.evaluation.before_training:
+        emit(evaluate_all(fed, 0, zero, step))
+    bar.update(1)
+    for rnd in range(1, cfg.rounds + 1):
+        bar.set_description(f"round {rnd}/{cfg.rounds}")
+        traffic = run_round(fed, rnd, step)
+        emit(evaluate_all(fed, rnd, traffic, step) if cfg.evaluation.enabled else [
+            metrics_row(fed, c, rnd, traffic[cid], {}, 0.0) for cid, c in fed.clients.items()])
+        bar.update(1)
+    bar.close()
+    write_report(out, cfg, fed.plan, seconds=time.time() - started)
+    return out
