@@ -31,11 +31,16 @@ from privsem.models.prompting import ensure_pad_token, prompt_ids, response_ids
 
 
 def add_lora(model: PreTrainedModel, *, rank: int, alpha: float, targets: Sequence[str],
-             dropout: float) -> PeftModel:
+             dropout: float, seed: int = 0) -> PeftModel:
+    """Wraps ``model`` with LoRA adapters. peft initialises lora_A from torch's global RNG, so
+    the initialisation runs inside a forked RNG state seeded with ``seed`` (reproducible, and
+    the caller's RNG state is untouched)."""
     cfg = PeftLoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
                          lora_dropout=dropout, bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed & ((1 << 63) - 1))
+            return get_peft_model(model, cfg)
     except ValueError as e:
         raise ValueError(f"LoRA targets {list(targets)} do not match modules of "
                          f"{type(model).__name__} ({e}); set model.lora.targets") from None

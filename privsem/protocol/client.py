@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dp_accounting import dp_event as ev
 
 from privsem.aggregation.base import AggregationBackend
 from privsem.config import ClientConfig, RunConfig
@@ -80,7 +81,8 @@ class Client:
         self.tokenizer = loaded.tokenizer
         lora = ccfg.model.lora
         self.model = add_lora(loaded.model, rank=lora.rank, alpha=lora.alpha,
-                              targets=lora.targets, dropout=lora.dropout)
+                              targets=lora.targets, dropout=lora.dropout,
+                              seed=randomness.seed_for("lora", self.id))
         self.fmt = resolve_format(self.tokenizer, ccfg.model.prompt_format)
         self._private = private_data if private_data is not None else load_examples(ccfg.train)
         self._private_t = encode_examples(self.tokenizer, self.fmt, self._private,
@@ -129,8 +131,6 @@ class Client:
         # Shared mode: texts leave the client. They are post-processing of the DP-SGD model
         # (record level); the ledger records the release before it happens.
         plan = self.plan.clients[self.id]
-        from dp_accounting import dp_event as ev
-
         event = ev.NoOpDpEvent() if plan.noise_multiplier > 0 else ev.NonPrivateDpEvent()
         self.ledger.charge(client=self.id, round=spec.round, unit="record",
                            mechanism="text_nomination", event=event,

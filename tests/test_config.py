@@ -1,0 +1,88 @@
+"""Configuration: every error names the field, the bad value and the fix."""
+
+import pytest
+
+from privsem.config import RunConfig, build, dump_yaml, load_config, to_dict
+from privsem.errors import ConfigError
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    for name in ("demo", "smoke"):
+        cfg = load_config(preset=name)
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(dump_yaml(cfg))
+        assert load_config(str(p)) == cfg
+
+
+def test_set_overrides_any_field():
+    cfg = load_config(preset="smoke", overrides=["privacy.client.epsilon=4", "rounds=3",
+                                                 "clients.1.model.lora.rank=2",
+                                                 "clients.0.model.lora.targets=[q_proj]"])
+    assert cfg.privacy.client.epsilon == 4.0 and isinstance(cfg.privacy.client.epsilon, float)
+    assert cfg.rounds == 3 and cfg.clients[1].model.lora.rank == 2
+    assert cfg.clients[0].model.lora.targets == ("q_proj",)
+
+
+@pytest.mark.parametrize("override,field,fix", [
+    ("privacy.client.epsilon=-1", "privacy.client.epsilon", "> 0"),
+    ("privacy.record.delta=2", "privacy.record.delta", "(0, 1)"),
+    ("rounds=2.5", "rounds", "integer"),
+    ("rounds=true", "rounds", "integer"),
+    ("privacy.record.enabled=1", "privacy.record.enabled", "true or false"),
+    ("aggregation.backend=magic", "aggregation.backend", "plaintext"),
+    ("privacy.clent.epsilon=1", "privacy.clent", "unknown field"),
+    ("clients.7.id=x", "clients.7", "index below 3"),
+    ("clients.0.id=a b", "clients.0.id", "letters"),
+    ("privacy.client.placement=distributed", "privacy.client.placement", "masked"),
+    ("consensus.operator=median", "consensus.operator", "trimmed_mean"),
+])
+def test_errors_name_field_value_and_fix(override, field, fix):
+    with pytest.raises(ConfigError) as ei:
+        load_config(preset="smoke", overrides=[override])
+    assert ei.value.field == field
+    assert fix in str(ei.value)
+    assert repr(ei.value.value) in str(ei.value)
+
+
+def test_cross_field_rules_fail_closed():
+    with pytest.raises(ConfigError, match="shared selection sends texts"):
+        load_config(preset="smoke", overrides=["consensus.selection=shared",
+                                               "privacy.record.enabled=false"])
+    ok = load_config(preset="smoke", overrides=["consensus.selection=shared",
+                                                "privacy.record.enabled=false",
+                                                "consensus.server_trusted_with_texts=true"])
+    assert ok.consensus.selection == "shared"
+
+
+def test_missing_required_field_and_duplicate_ids():
+    data = to_dict(load_config(preset="smoke"))
+    del data["prompts"]
+    with pytest.raises(ConfigError, match="prompts.*required"):
+        build(RunConfig, data)
+    data = to_dict(load_config(preset="smoke"))
+    data["clients"][1]["id"] = data["clients"][0]["id"]
+    with pytest.raises(ConfigError, match="distinct"):
+        build(RunConfig, data)
+
+
+def test_privacy_fields_are_keyword_only():
+    from privsem.config import ClientPrivacyConfig
+
+    with pytest.raises(TypeError):
+        ClientPrivacyConfig(True, 1.0)  # type: ignore[misc]
+
+
+def test_toml_and_yaml_files(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('name = "t"\nprompts = "demo:prompts.jsonl"\nrounds = 1\n'
+                    '[[clients]]\nid = "a"\ntrain = "demo:alice.train.jsonl"\n'
+                    '[clients.model]\nname = "tiny-llama"\n'
+                    '[[clients]]\nid = "b"\ntrain = "b.jsonl"\n[clients.model]\nname = "tiny-gemma3"\n')
+    cfg = load_config(str(toml))
+    assert cfg.name == "t" and cfg.clients[1].train == str(tmp_path / "b.jsonl")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [\n")
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="existing"):
+        load_config(str(tmp_path / "missing.yaml"))

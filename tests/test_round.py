@@ -1,0 +1,137 @@
+"""The whole round on tiny models: run folder, determinism, budget refusal, client-side checks."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from privsem.config import load_config
+from privsem.errors import ProtocolAbort
+from privsem.protocol.messages import RoundSpec, decode, encode
+from privsem.runtime.inprocess import run, run_round, setup
+
+SMOKE = ["evaluation.max_questions=2", "max_prompts=4"]
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x]
+
+
+def test_smoke_run_writes_the_four_files(tmp_path):
+    out = run(load_config(preset="smoke"), tmp_path / "run", show_progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "report.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    rows = _rows(out / "metrics.jsonl")
+    assert {r["round"] for r in rows} == {0, 1, 2} and len(rows) == 9
+    r2 = [r for r in rows if r["round"] == 2]
+    for r in r2:
+        for key in ("client", "model", "bytes_up", "bytes_down", "seconds", "train_loss",
+                    "own_similarity", "other_similarity", "mean_agreement"):
+            assert r[key] is not None, key
+        assert r["bytes_up"] > 6 * 384 * 4  # the (6 × 384) float32 matrix at least
+        assert r["epsilon_record"] == pytest.approx(8.0, abs=1e-3)
+        assert r["epsilon_client"] == pytest.approx(8.0, abs=1e-3)
+    ledger = _rows(out / "ledger.jsonl")
+    assert len(ledger) == 3 * 2 * 2  # clients × rounds × (dp_sgd, embedding)
+    report = (out / "report.md").read_text()
+    assert "| 2 | alice | tiny-llama |" in report and "ε client" in report
+
+
+def _strip(rows, keys):
+    return [{k: v for k, v in r.items() if k not in keys} for r in rows]
+
+
+def test_deterministic_under_a_seed(tmp_path):
+    cfg = load_config(preset="smoke", overrides=SMOKE)
+    a = run(cfg, tmp_path / "a", show_progress=False)
+    b = run(cfg, tmp_path / "b", show_progress=False)
+    timing = {"seconds", "phase_seconds", "eval_seconds"}
+    assert _strip(_rows(a / "metrics.jsonl"), timing) == _strip(_rows(b / "metrics.jsonl"),
+                                                                 timing)
+    volatile = {"time", "hash", "prev"}
+    assert _strip(_rows(a / "ledger.jsonl"), volatile) == _strip(_rows(b / "ledger.jsonl"),
+                                                                 volatile)
+    c = run(replace(cfg, seed=1), tmp_path / "c", show_progress=False)
+    assert _strip(_rows(a / "metrics.jsonl"), timing) != _strip(_rows(c / "metrics.jsonl"),
+                                                                timing)
+
+
+def test_T27_budget_exhausted_client_refuses_before_touching_private_data(tmp_path,
+                                                                         monkeypatch):
+    # A record budget below one round's spend: the client must refuse DP-SGD outright.
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false",
+                                                 "privacy.record.budget=0.5"])
+    import privsem.protocol.client as client_mod
+
+    def forbidden(*a, **k):
+        raise AssertionError("private training ran although the budget was exhausted")
+
+    monkeypatch.setattr(client_mod, "train_dp_sgd", forbidden)
+    monkeypatch.setattr(client_mod, "train_plain", forbidden)
+    fed = setup(cfg, tmp_path, lambda s: None)
+    run_round(fed, 1, lambda s: None)
+    for c in fed.clients.values():
+        assert c.log.dp_train is None
+        assert any("refused private training" in s for s in c.log.status)
+    assert all(e.unit == "client" for e in fed.ledger.entries)  # no record-level charge
+
+
+def test_T27_client_budget_refusal_means_no_upload(tmp_path):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=2", "evaluation.enabled=false",
+                                                 "privacy.client.budget=5.0"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    run_round(fed, 1, lambda s: None)  # ε_client after round 1 ≈ 5.33 > 5: refused already
+    assert fed.server.result is not None and fed.server.result.contributors == ()
+    assert not [e for e in fed.ledger.entries if e.unit == "client"]
+
+
+def test_T32_client_aborts_on_tampered_round_spec(tmp_path):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "evaluation.enabled=false"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    spec = decode(fed.server.open_round(1, tuple(fed.clients)), RoundSpec)
+    client = fed.clients["alice"]
+    weaker = replace(spec, params={**spec.params, "embedding_noise_multiplier": 0.01})
+    with pytest.raises(ProtocolAbort, match="differ from the client's own"):
+        client.on_round_spec(encode(weaker))
+    other_prompts = replace(spec, prompt_set_hash="0" * 64)
+    with pytest.raises(ProtocolAbort, match="different prompt set"):
+        client.on_round_spec(encode(other_prompts))
+    forged_sid = replace(spec, session_id="f" * 64)
+    with pytest.raises(ProtocolAbort, match="session id"):
+        client.on_round_spec(encode(forged_sid))
+    assert not fed.ledger.entries  # nothing charged, nothing released
+
+
+def test_T30_bad_embeddings_withheld_on_the_client(tmp_path, monkeypatch):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    bob = fed.clients["bob"]
+    monkeypatch.setattr(bob, "answer_matrix",
+                        lambda: np.full((4, 384), np.nan))
+    run_round(fed, 1, lambda s: None)
+    assert any("upload withheld" in s for s in bob.log.status)
+    assert fed.server.result.contributors == ("alice", "carol")
+    assert not [e for e in fed.ledger.entries if e.client == "bob" and e.unit == "client"]
+
+
+def test_shared_selection_round(tmp_path):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false",
+                                                 "consensus.selection=shared"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    traffic = run_round(fed, 1, lambda s: None)
+    labels = [c.pseudo_labels for c in fed.clients.values()]
+    assert labels[0] and labels[0] == labels[1] == labels[2]  # everyone got the server's pick
+    noms = [e for e in fed.ledger.entries if e.mechanism == "text_nomination"]
+    assert len(noms) == 3
+    assert all(t["up"] > 0 and t["down"] > 0 for t in traffic.values())
+
+
+@pytest.mark.parametrize("operator", ["medoid", "geometric_median", "trimmed_mean"])
+def test_plaintext_robust_operators_run(tmp_path, operator):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false",
+                                                 f"consensus.operator={operator}"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    run_round(fed, 1, lambda s: None)
+    assert fed.server.consensus is not None
+    assert fed.server.consensus.points.shape == (4, 384)
