@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from privsem.errors import PrivsemError
@@ -42,7 +43,22 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_known_noise() -> None:
+    """Silences warnings that are expected and harmless here, so real ones stand out."""
+    # Opacus' backward hooks on LoRA modules whose inputs need no gradient (frozen base).
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_noise()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -357,7 +357,7 @@ def build(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{prefix}{e.field}", e.value, e.fix) from None
-    except TypeError as e:
+    except TypeError:
         missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                    if f.name not in kwargs and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]

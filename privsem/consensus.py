@@ -64,7 +64,7 @@ def geometric_median(stack: np.ndarray, *, iters: int = 100, eps: float = 1e-9) 
 def trimmed_mean(stack: np.ndarray, *, fraction: float) -> np.ndarray:
     """(n, P, d) -> (P, d): coordinate-wise mean after dropping ⌊fraction·n⌋ from each end."""
     n = stack.shape[0]
-    k = int(math.floor(fraction * n))
+    k = math.floor(fraction * n)
     if 2 * k >= n:
         raise ValueError(f"trimmed_mean: trimming {k} of {n} from each end leaves nothing")
     s = np.sort(stack, axis=0)

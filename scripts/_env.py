@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -30,8 +29,6 @@ def _pip(*args: str) -> None:
 
 def ensure() -> Path:
     """Returns the environment's interpreter, installing the project first if needed."""
-    if sys.version_info < (3, 11):
-        sys.exit(f"privsem needs Python 3.11 or 3.12; this is {sys.version.split()[0]}.")
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == want and _python().exists():
         return _python()

@@ -17,6 +17,7 @@ from privsem.privacy.analysis import (
     gaussian_event,
 )
 
+
 def _opacus(kind):
     from opacus.accountants import PRVAccountant, RDPAccountant
 

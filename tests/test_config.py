@@ -86,3 +86,14 @@ def test_toml_and_yaml_files(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="existing"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.glob("*.yaml")) + sorted(root.glob("*.toml"))
+    assert files
+    for f in files:
+        cfg = load_config(str(f))
+        assert cfg.clients

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from privsem.data import load_eval, load_examples, load_prompts
-from privsem.data import demo
+from privsem.data import demo, load_eval, load_examples, load_prompts
 from privsem.errors import DataError
 
 

@@ -19,7 +19,7 @@ def test_T23_joint_clip_bounds_frobenius_norm():
     clipped, factor = joint_clip(m, 2.0)
     assert np.linalg.norm(clipped) == pytest.approx(2.0)
     assert factor == pytest.approx(2.0 / np.linalg.norm(m))
-    same, f1 = joint_clip(_unit_rows(16, 384), 4.0)  # ||.||_F = sqrt(16) = 4: untouched
+    _same, f1 = joint_clip(_unit_rows(16, 384), 4.0)  # ||.||_F = sqrt(16) = 4: untouched
     assert f1 == pytest.approx(1.0)
 
 

@@ -36,8 +36,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: st
             for i, c in enumerate(chunk):
                 ids[i, width - len(c):] = torch.tensor(c)
                 att[i, width - len(c):] = 1
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                          num_return_sequences=k) if sample else dict(do_sample=False)
+            kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
+                          "num_return_sequences": k} if sample else {"do_sample": False}
             gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                                  pad_token_id=pad, **kwargs)  # (len(chunk)·k, width + new)
             texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)

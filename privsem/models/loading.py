@@ -95,10 +95,10 @@ def _tiny(name: str, seed: int) -> LoadedModel:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     tok = byte_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    common = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "max_position_embeddings": 512, "pad_token_id": tok.pad_token_id,
+                  "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "tiny-llama":

@@ -29,6 +29,9 @@ ACCOUNTANTS = ("rdp", "pld")
 
 
 def make_accountant(kind: str) -> dp_accounting.PrivacyAccountant:
+    # dp_accounting logs a warning when its series for a fractional RDP order fails to converge
+    # (small σ) and drops that order: the bound stays valid (fewer orders can only raise ε).
+    logging.getLogger("absl").setLevel(logging.ERROR)
     if kind == "rdp":
         return rdp_privacy_accountant.RdpAccountant()
     if kind == "pld":
@@ -72,9 +75,6 @@ def epsilon(events: Sequence[ev.DpEvent], *, delta: float, accountant: str = "rd
     if any(isinstance(e, ev.NonPrivateDpEvent) for e in events):
         return math.inf
     acc = make_accountant(accountant)
-    # dp_accounting logs a warning when its series for a fractional RDP order fails to converge
-    # (small σ) and drops that order: the bound stays valid (fewer orders can only raise ε).
-    logging.getLogger("absl").setLevel(logging.ERROR)
     composed = events[0] if len(events) == 1 else ev.ComposedDpEvent(list(events))
     if not acc.supports(composed):
         raise dp_accounting.UnsupportedEventError(

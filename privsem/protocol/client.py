@@ -84,6 +84,8 @@ class Client:
                               targets=lora.targets, dropout=lora.dropout,
                               seed=randomness.seed_for("lora", self.id))
         self.fmt = resolve_format(self.tokenizer, ccfg.model.prompt_format)
+        # What parameter averaging would ship each round: the LoRA adapter (for the report).
+        self.lora_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self._private = private_data if private_data is not None else load_examples(ccfg.train)
         self._private_t = encode_examples(self.tokenizer, self.fmt, self._private,
                                           ccfg.model.max_length)

@@ -41,20 +41,42 @@ def write_report(out: Path, cfg: RunConfig, plan: PrivacyPlan, *, seconds: float
              "greedy answer's embedding to the reference answer; *recall* the share of answers "
              "that contain the fact asked for; *own* are held-out questions on the client's own "
              "topics, *other* on topics only other clients hold. *agree* is the mean debiased "
-             "agreement ‖c_j‖ over prompts. Bytes are the serialised messages of the round.\n")
+             "agreement ‖c_j‖ over prompts (at most 1 without noise) and *noise* the per-entry "
+             "noise std of the consensus. Bytes are the serialised messages of the round.\n")
     L.append("| round | client | model | sim own | sim other | recall own | recall other "
-             "| NLL own | NLL other | agree | KiB up | KiB down | ε record | ε client "
+             "| NLL own | NLL other | agree | noise | KiB up | KiB down | ε record | ε client "
              "| train loss | seconds |")
-    L.append("|" + "---|" * 16)
+    L.append("|" + "---|" * 17)
     for r in rows:
         L.append("| " + " | ".join([
             str(r["round"]), r["client"], r["model"], _f(r.get("own_similarity")),
             _f(r.get("other_similarity")), _f(r.get("own_key_recall"), 2),
             _f(r.get("other_key_recall"), 2), _f(r.get("own_nll"), 2), _f(r.get("other_nll"), 2),
-            _f(r.get("mean_agreement")), _kb(r["bytes_up"]), _kb(r["bytes_down"]),
+            _f(r.get("mean_agreement")), _f(r.get("consensus_noise_std")), _kb(r["bytes_up"]), _kb(r["bytes_down"]),
             _f(r["epsilon_record"], 2), _f(r["epsilon_client"], 2), _f(r.get("train_loss"), 3),
             _f(r["seconds"], 1)]) + " |")
     L.append("")
+    noisy = [r for r in rows if r.get("consensus_noise_std")]
+    if noisy:
+        dim = 384
+        worst = max(r["consensus_noise_std"] for r in noisy)
+        norm = worst * math.sqrt(dim)
+        if norm > 1.0:
+            L.append(f"**Read the agreement with care.** The consensus carries noise of norm about "
+                     f"{norm:.1f} per prompt (std {worst:.3f} per entry × √{dim}), against a "
+                     "signal of norm at most 1: at this cohort size and client-level ε the "
+                     "consensus, its agreement and the pseudo-label choices are dominated by "
+                     "noise. More clients (noise falls as 1/√n), fewer prompts, a larger ε or "
+                     "distributed noise under secure aggregation change that.\n")
+    ups = [r for r in rows if r["round"] > 0 and r["bytes_up"]]
+    lora_known = any(r.get("lora_parameters") for r in rows)
+    if ups and lora_known:
+        lora = {r["client"]: r.get("lora_parameters") for r in rows if r.get("lora_parameters")}
+        up = max(r["bytes_up"] for r in ups)
+        L.append(f"Traffic: at most {_kb(up)} KiB up per client per round. Parameter averaging "
+                 "of the same LoRA adapters would ship "
+                 + ", ".join(f"`{c}` {n:,} parameters ({n * 4 / 1024:.0f} KiB fp32)"
+                             for c, n in lora.items()) + " per client per round.\n")
     L.append("## Privacy\n")
     rp, cp = cfg.privacy.record, cfg.privacy.client
     if rp.enabled:

@@ -8,6 +8,7 @@ a byte of a serialised message.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,46 @@ class Federation:
 
 
 Progress = Callable[[str], None]
+
+
+class ProgressBars:
+    """Two bars: rounds (outer), and the current round's phases per client (inner).
+
+    Called with the name of the phase that starts now; the previous phase counts as done.
+    """
+
+    def __init__(self, cfg: RunConfig, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.outer = tqdm(total=cfg.rounds + 1, desc="rounds", unit="round", position=0,
+                          disable=not enabled, dynamic_ncols=True)
+        self.inner: Any = None
+        self.phases = 2 * len(cfg.clients) + 1  # train-release per client, aggregate, evaluate
+
+    def start(self, label: str, phases: int) -> None:
+        self.finish_round()
+        self.outer.set_postfix_str("")
+        self.inner = tqdm(total=phases, desc=label, unit="phase", position=1, leave=False,
+                          disable=not self.enabled, dynamic_ncols=True)
+        self._open = False
+
+    def __call__(self, text: str) -> None:
+        if self.inner is None:
+            self.outer.set_postfix_str(text)
+            return
+        if self._open:
+            self.inner.update(1)
+        self._open = True
+        self.inner.set_postfix_str(text)
+
+    def finish_round(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+            self.outer.update(1)
+
+    def close(self) -> None:
+        self.finish_round()
+        self.outer.close()
 
 
 def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
@@ -115,7 +156,7 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
     rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
     row: dict[str, Any] = {
         "round": rnd, "client": client.id, "model": client.ccfg.model.name,
-        "architecture": client.architecture,
+        "architecture": client.architecture, "lora_parameters": client.lora_parameters,
         "bytes_up": traffic["up"], "bytes_down": traffic["down"],
         "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
         "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
@@ -136,7 +177,7 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
         "status": log.status if rnd > 0 else ["before training"],
     }
     row.update(scores)
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def evaluate_all(fed: Federation, rnd: int, traffic: dict[str, dict[str, int]],
@@ -160,10 +201,8 @@ def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True) -> Path:
 
     out = Path(out)
     started = time.time()
-    bar = tqdm(total=cfg.rounds + 1, desc="privsem", unit="round", disable=not show_progress,
-               dynamic_ncols=True)
-    step = bar.set_postfix_str if show_progress else (lambda s: None)
-    fed = setup(cfg, out, step)
+    bars = ProgressBars(cfg, enabled=show_progress)
+    fed = setup(cfg, out, bars)
     metrics = out / "metrics.jsonl"
     metrics.write_text("", encoding="utf-8")
 
@@ -173,15 +212,14 @@ def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True) -> Path:
                 fh.write(json.dumps(r) + "\n")
 
     zero = {cid: {"up": 0, "down": 0} for cid in fed.clients}
+    bars.start("round 0 (before training)", len(fed.clients))
     if cfg.evaluation.enabled and cfg.evaluation.before_training:
-        emit(evaluate_all(fed, 0, zero, step))
-    bar.update(1)
+        emit(evaluate_all(fed, 0, zero, bars))
     for rnd in range(1, cfg.rounds + 1):
-        bar.set_description(f"round {rnd}/{cfg.rounds}")
-        traffic = run_round(fed, rnd, step)
-        emit(evaluate_all(fed, rnd, traffic, step) if cfg.evaluation.enabled else [
+        bars.start(f"round {rnd}/{cfg.rounds}", bars.phases)
+        traffic = run_round(fed, rnd, bars)
+        emit(evaluate_all(fed, rnd, traffic, bars) if cfg.evaluation.enabled else [
             metrics_row(fed, c, rnd, traffic[cid], {}, 0.0) for cid, c in fed.clients.items()])
-        bar.update(1)
-    bar.close()
+    bars.close()
     write_report(out, cfg, fed.plan, seconds=time.time() - started)
     return out
