@@ -47,13 +47,13 @@ class LoraConfig:
     """LoRA adapter of one client's model (peft)."""
 
     rank: int = 8
-    alpha: float = 16.0
+    alpha: int = 16
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "rank", self.rank, "use an integer >= 1")
-        _positive("alpha", self.alpha)
+        _check(self.alpha >= 1, "alpha", self.alpha, "use an integer >= 1 (peft's lora_alpha)")
         _check(len(self.targets) > 0, "targets", self.targets, "name at least one module")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "use a value in [0, 1)")
 

@@ -12,7 +12,7 @@ from privsem.models.training import add_lora, encode_examples, per_sample_loss, 
 
 def _setup(name):
     lm = load_model(name, seed=3)
-    model = add_lora(lm.model, rank=4, alpha=8.0, targets=("q_proj", "v_proj"), dropout=0.0)
+    model = add_lora(lm.model, rank=4, alpha=8, targets=("q_proj", "v_proj"), dropout=0.0)
     data = encode_examples(lm.tokenizer, resolve_format(lm.tokenizer, "auto"),
                            load_examples("demo:alice.train.jsonl")[:16], 64)
     return model, data

@@ -111,15 +111,16 @@ def build(entities_per_client: int = 12, public_per_client: int = 8,
     files: dict[str, list[dict[str, object]]] = {}
     prompts: list[dict[str, object]] = []
     for client, fs in facts.items():
-        files[f"{client}.train.jsonl"] = [
-            row for f in fs for row in (
+        train_rows: list[dict[str, object]] = [
+            row for f in fs for row in (  # type: ignore[misc]
                 {"instruction": f.question[0], "output": f.answer},
                 {"messages": [{"role": "user", "content": f.question[1]},
                               {"role": "assistant", "content": f.answer}]})]
+        files[f"{client}.train.jsonl"] = train_rows
         for j, f in enumerate(fs[:public_per_client]):
             prompts.append({"id": f"{f.topic}-{j}", "prompt": f.question[3]})
     for client, fs in facts.items():
-        own = [{"instruction": f.question[2], "output": f.answer, "scope": "own", "key": f.key,
+        own: list[dict[str, object]] = [{"instruction": f.question[2], "output": f.answer, "scope": "own", "key": f.key,
                 "topic": f.topic} for f in fs[:eval_per_scope]]
         others = [c for c in facts if c != client]
         other: list[dict[str, object]] = []

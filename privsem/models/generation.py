@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from privsem.models.prompting import Messages, ensure_pad_token, prompt_ids
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: str,
+def generate(model: Any, tokenizer: PreTrainedTokenizerBase, fmt: str,
              conversations: Sequence[Messages], *, k: int, max_new_tokens: int,
              temperature: float, top_p: float, batch_size: int, seed: int,
              sample: bool = True) -> list[list[str]]:
@@ -36,7 +37,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: st
             for i, c in enumerate(chunk):
                 ids[i, width - len(c):] = torch.tensor(c)
                 att[i, width - len(c):] = 1
-            kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
+            kwargs: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
                           "num_return_sequences": k} if sample else {"do_sample": False}
             gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                                  pad_token_id=pad, **kwargs)  # (len(chunk)·k, width + new)

@@ -30,7 +30,7 @@ from privsem.data import Example
 from privsem.models.prompting import ensure_pad_token, prompt_ids, response_ids
 
 
-def add_lora(model: PreTrainedModel, *, rank: int, alpha: float, targets: Sequence[str],
+def add_lora(model: PreTrainedModel, *, rank: int, alpha: int, targets: Sequence[str],
              dropout: float, seed: int = 0) -> PeftModel:
     """Wraps ``model`` with LoRA adapters. peft initialises lora_A from torch's global RNG, so
     the initialisation runs inside a forked RNG state seeded with ``seed`` (reproducible, and
@@ -119,7 +119,8 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
                 # is a valid outcome of the sampled mechanism the ledger charged).
                 empty += 1
                 for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    p.grad_sample = torch.zeros(  # type: ignore[attr-defined]
+                        (0, *p.shape), dtype=p.dtype)
             else:
                 loss = per_sample_loss(gsm, ids_all[idx], att_all[idx], lab_all[idx]).mean()
                 loss.backward()

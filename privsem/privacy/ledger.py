@@ -117,7 +117,7 @@ class Ledger:
                 f"client {client}: {mechanism} in round {round} would bring {unit}-level ε to "
                 f"{eps:.4g} > budget {budget:.4g} (δ={delta:g}); the release is refused")
         prev = self._entries[-1].hash if self._entries else GENESIS
-        body = {"seq": len(self._entries), "client": client, "round": round, "unit": unit,
+        body: dict[str, Any] = {"seq": len(self._entries), "client": client, "round": round, "unit": unit,
                 "mechanism": mechanism, "event": event_to_json(event), "delta": delta,
                 "epsilon_after": eps, "budget": budget, "detail": dict(detail or {}),
                 "time": time.time(), "prev": prev}

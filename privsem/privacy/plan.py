@@ -61,9 +61,10 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
         q = min(1.0, cfg.training.batch_size / n)
         steps = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
         if rp.enabled:
-            sigma = calibrate(lambda s, q=q, steps=steps: dpsgd_event(
-                noise_multiplier=s, sample_rate=q, steps=steps * R),
-                target_epsilon=rp.epsilon, delta=rp.delta, accountant=acc)
+            def event(s: float, q: float = q, total: int = steps * R) -> ev.DpEvent:
+                return dpsgd_event(noise_multiplier=s, sample_rate=q, steps=total)
+
+            sigma = calibrate(event, target_epsilon=rp.epsilon, delta=rp.delta, accountant=acc)
             budget = rp.budget_epsilon
         else:
             sigma, budget = 0.0, math.inf

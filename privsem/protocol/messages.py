@@ -132,7 +132,7 @@ class PseudoLabels:
     texts: tuple[str | None, ...]
 
 
-MESSAGE_TYPES: dict[str, type] = {c.TYPE: c for c in
+MESSAGE_TYPES: dict[str, Any] = {c.TYPE: c for c in
                                   (RoundSpec, EmbeddingUpload, ConsensusBroadcast, Nomination,
                                    PseudoLabels)}
 
@@ -162,7 +162,7 @@ def encode(msg: Any) -> bytes:
     return frame
 
 
-def decode(frame: bytes, expected: type | None = None) -> Any:
+def decode(frame: bytes, expected: Any = None) -> Any:
     """Parses and validates one frame. Raises MessageError on anything malformed."""
     if not isinstance(frame, (bytes, bytearray)):
         raise MessageError("decode: frame must be bytes")
@@ -179,11 +179,11 @@ def decode(frame: bytes, expected: type | None = None) -> Any:
         raise MessageError(f"decode: header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or header.get("version") != VERSION:
         raise MessageError(f"decode: unsupported version {header.get('version') if isinstance(header, dict) else None!r}")
-    cls = MESSAGE_TYPES.get(header.get("type"))  # type: ignore[arg-type]
+    cls: Any = MESSAGE_TYPES.get(header.get("type"))  # type: ignore[arg-type]
     if cls is None:
         raise MessageError(f"decode: unknown message type {header.get('type')!r}")
     if expected is not None and cls is not expected:
-        raise MessageError(f"decode: expected {expected.TYPE}, got {cls.TYPE}")  # type: ignore[attr-defined]
+        raise MessageError(f"decode: expected {expected.TYPE}, got {cls.TYPE}")
     body = frame[8 + hlen:]
     kwargs: dict[str, Any] = {}
     names = {f.name: f for f in dataclasses.fields(cls)}
