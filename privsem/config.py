@@ -113,23 +113,22 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RecordPrivacyConfig:
-    """Record-level DP: DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise; Opacus).
+class DpTarget:
+    """A unit's (ε, δ) target over the whole planned run, and the budget the ledger enforces.
 
-    ``epsilon``/``delta`` is the target over the whole planned run; the noise multiplier is
-    calibrated from it. ``budget`` is what the ledger lets the client spend (default: epsilon).
+    The noise is calibrated from ``epsilon``/``delta``; ``budget`` is what the ledger lets the
+    client spend (default: ``epsilon``). ``enabled: false`` turns the mechanism off, and the
+    unit then makes no claim.
     """
 
     enabled: bool = True
     epsilon: float = 8.0
     delta: float = 1e-5
-    max_grad_norm: float = 1.0
     budget: float | None = None
 
     def __post_init__(self) -> None:
         _positive("epsilon", self.epsilon)
         _check(0 < self.delta < 1, "delta", self.delta, "use a value in (0, 1), e.g. 1e-5")
-        _positive("max_grad_norm", self.max_grad_norm)
         if self.budget is not None:
             _positive("budget", self.budget)
 
@@ -139,7 +138,19 @@ class RecordPrivacyConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientPrivacyConfig:
+class RecordPrivacyConfig(DpTarget):
+    """Record-level DP: DP-SGD (Poisson sampling, per-sample clipping to ``max_grad_norm``,
+    Gaussian noise; Opacus)."""
+
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("max_grad_norm", self.max_grad_norm)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientPrivacyConfig(DpTarget):
     """Client-level DP: one joint clip of the (prompts × dim) matrix, Gaussian noise per round.
 
     ``clip`` bounds the Frobenius norm of the matrix; ``None`` means sqrt(prompts), which never
@@ -147,26 +158,15 @@ class ClientPrivacyConfig:
     client the full noise; holds even if aggregation is broken).
     """
 
-    enabled: bool = True
-    epsilon: float = 8.0
-    delta: float = 1e-5
     clip: float | None = None
     placement: str = "local"
-    budget: float | None = None
 
     def __post_init__(self) -> None:
-        _positive("epsilon", self.epsilon)
-        _check(0 < self.delta < 1, "delta", self.delta, "use a value in (0, 1), e.g. 1e-5")
+        super().__post_init__()
         if self.clip is not None:
             _positive("clip", self.clip)
         _check(self.placement == "local", "placement", self.placement,
                "use 'local' (distributed placement needs the masked back-end)")
-        if self.budget is not None:
-            _positive("budget", self.budget)
-
-    @property
-    def budget_epsilon(self) -> float:
-        return self.epsilon if self.budget is None else self.budget
 
 
 @dataclass(frozen=True, kw_only=True)
