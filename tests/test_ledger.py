@@ -1,0 +1,88 @@
+"""The ledger (first version): durable, composes events, refuses over budget, detects damage.
+
+Rollback detection (T29's third case) and crash-resume (T28) come with the ledger issue.
+"""
+
+import json
+import math
+
+import pytest
+
+from privsem.errors import BudgetExceeded, LedgerCorrupted
+from privsem.privacy.analysis import dpsgd_event, epsilon, gaussian_event
+from privsem.privacy.ledger import Ledger
+
+
+def _charge(ledger, rnd, budget=10.0, client="a"):
+    return ledger.charge(client=client, round=rnd, unit="client", mechanism="embedding_gaussian",
+                         event=gaussian_event(noise_multiplier=1.0), delta=1e-5, budget=budget)
+
+
+def test_entries_persist_and_compose(tmp_path):
+    p = tmp_path / "ledger.jsonl"
+    led = Ledger(p)
+    for r in (1, 2, 3):
+        _charge(led, r)
+    led.charge(client="a", round=1, unit="record", mechanism="dp_sgd",
+               event=dpsgd_event(noise_multiplier=1.0, sample_rate=0.1, steps=10), delta=1e-5,
+               budget=10.0)
+    again = Ledger(p)
+    assert len(again.entries) == 4
+    want = epsilon([gaussian_event(noise_multiplier=1.0, count=3)], delta=1e-5)
+    assert again.spent("a", "client", delta=1e-5) == pytest.approx(want)
+    assert again.entries[2].epsilon_after == pytest.approx(want)
+    assert again.spent("b", "client", delta=1e-5) == 0.0
+
+
+def test_refused_charge_writes_nothing(tmp_path):
+    led = Ledger(tmp_path / "l.jsonl")
+    first = _charge(led, 1)
+    with pytest.raises(BudgetExceeded, match="would bring client-level"):
+        _charge(led, 2, budget=first.epsilon_after)  # a second release must exceed
+    assert len(Ledger(tmp_path / "l.jsonl").entries) == 1
+
+
+def test_infinite_epsilon_exceeds_every_finite_budget(tmp_path):
+    led = Ledger(tmp_path / "l.jsonl")
+    with pytest.raises(BudgetExceeded):
+        led.charge(client="a", round=1, unit="client", mechanism="x",
+                   event=gaussian_event(noise_multiplier=0.0), delta=1e-5, budget=1e9)
+    led.charge(client="a", round=1, unit="client", mechanism="x",
+               event=gaussian_event(noise_multiplier=0.0), delta=1e-5, budget=math.inf)
+
+
+def test_truncated_ledger_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    led = Ledger(p)
+    _charge(led, 1)
+    _charge(led, 2)
+    p.write_bytes(p.read_bytes()[:-20])
+    with pytest.raises(LedgerCorrupted, match="truncated"):
+        Ledger(p)
+
+
+@pytest.mark.parametrize("field,value", [("epsilon_after", 0.0), ("round", 7),
+                                         ("event", {"type": "no_op"})])
+def test_edited_entry_fails_closed(tmp_path, field, value):
+    p = tmp_path / "l.jsonl"
+    led = Ledger(p)
+    _charge(led, 1)
+    _charge(led, 2)
+    lines = p.read_text().splitlines()
+    d = json.loads(lines[0])
+    d[field] = value
+    lines[0] = json.dumps(d, sort_keys=True)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LedgerCorrupted, match=":1: entry fails its integrity check"):
+        Ledger(p)
+
+
+def test_deleted_middle_entry_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    led = Ledger(p)
+    for r in (1, 2, 3):
+        _charge(led, r)
+    lines = p.read_text().splitlines()
+    p.write_text(lines[0] + "\n" + lines[2] + "\n")
+    with pytest.raises(LedgerCorrupted):
+        Ledger(p)
