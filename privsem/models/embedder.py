@@ -39,7 +39,7 @@ class Embedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(_encoder_path(name)), device="cpu",
                                           local_files_only=True)
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ModelNotAvailable(f"encoder {name!r} does not declare its embedding dimension")
         self.dim = int(dim)
