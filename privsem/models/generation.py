@@ -11,6 +11,13 @@ from transformers import PreTrainedTokenizerBase
 from privsem.models.prompting import Messages, ensure_pad_token, prompt_ids
 
 
+def clean_completion(text: str, fmt: str) -> str:
+    """Strips whitespace; in the plain format, cuts where a base model starts a new turn."""
+    if fmt == "plain":
+        text = text.split("\nQuestion:", 1)[0]
+    return text.strip()
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: PreTrainedTokenizerBase, fmt: str,
              conversations: Sequence[Messages], *, k: int, max_new_tokens: int,
@@ -43,5 +50,5 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, fmt: str,
                                  pad_token_id=pad, **kwargs)  # (len(chunk)·k, width + new)
             texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
             for i in range(len(chunk)):
-                out.append([t.strip() for t in texts[i * k:(i + 1) * k]])
+                out.append([clean_completion(t, fmt) for t in texts[i * k:(i + 1) * k]])
     return out

@@ -172,6 +172,8 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
         "contributors": len(fed.server.result.contributors)
         if rnd > 0 and fed.server.result else 0,
         "clip_factor": log.clip_factor if rnd > 0 else None,
+        "upload_rejected": fed.server.result.rejected.get(client.id)
+        if rnd > 0 and fed.server.result else None,
         "epsilon_record": fed.ledger.spent(client.id, "record", delta=rd),
         "epsilon_client": fed.ledger.spent(client.id, "client", delta=cd),
         "status": log.status if rnd > 0 else ["before training"],
