@@ -103,6 +103,17 @@ def test_T32_client_aborts_on_tampered_round_spec(tmp_path):
     assert not fed.ledger.entries  # nothing charged, nothing released
 
 
+def test_T9_client_refuses_a_replayed_round(tmp_path):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "evaluation.enabled=false"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    run_round(fed, 1, lambda s: None)
+    charged = len(fed.ledger.entries)
+    old = fed.server.open_round(1, tuple(fed.clients))  # round 1 announced again
+    with pytest.raises(ProtocolAbort, match="replayed or out of order"):
+        fed.clients["alice"].on_round_spec(old)
+    assert len(fed.ledger.entries) == charged
+
+
 def test_T30_bad_embeddings_withheld_on_the_client(tmp_path, monkeypatch):
     cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false"])
     fed = setup(cfg, tmp_path, lambda s: None)

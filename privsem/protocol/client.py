@@ -22,6 +22,7 @@ from dp_accounting import dp_event as ev
 
 from privsem.aggregation.base import AggregationBackend
 from privsem.config import ClientConfig, RunConfig
+from privsem.consensus import select_nearest
 from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
 from privsem.errors import BudgetExceeded, EmbeddingRejected, ProtocolAbort
 from privsem.models.embedder import Embedder
@@ -38,7 +39,7 @@ from privsem.models.training import (
 )
 from privsem.privacy.embedding import release, validate_embeddings
 from privsem.privacy.ledger import Ledger
-from privsem.privacy.plan import PrivacyPlan
+from privsem.privacy.plan import ClientPlan, PrivacyPlan
 from privsem.protocol.messages import (
     ConsensusBroadcast,
     Nomination,
@@ -94,6 +95,7 @@ class Client:
             self.eval_items = _limit_per_scope(self.eval_items, cfg.evaluation.max_questions)
         self.pseudo_labels: list[Example] = []
         self._spec: RoundSpec | None = None
+        self._last_round = 0
         self._cand_texts: list[list[str]] = []
         self._cand_emb: np.ndarray | None = None  # (P, k, d)
         self.log = RoundLog(0)
@@ -104,6 +106,7 @@ class Client:
         spec = decode(frame, RoundSpec)
         self._check_spec(spec)
         self.stage.advance(Stage.SPEC)
+        self._last_round = spec.round
         self._spec, self.log = spec, RoundLog(spec.round)
         plan = self.plan.clients[self.id]
         self._timed("train_private", lambda: self._train_private(spec.round, plan))
@@ -123,8 +126,8 @@ class Client:
             raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape}")
         if self._cand_emb is None:
             raise ProtocolAbort(f"client {self.id}: consensus before candidates were generated")
-        choice = _select(self._cand_emb, msg.consensus, msg.agreement,
-                         self.cfg.consensus.agreement_threshold)
+        choice = select_nearest(self._cand_emb, msg.consensus.astype(np.float64), msg.agreement,
+                                threshold=self.cfg.consensus.agreement_threshold)
         texts = [self._cand_texts[j][c] if c is not None else None for j, c in enumerate(choice)]
         if self.cfg.consensus.selection == "local":
             self._set_labels(texts)
@@ -163,6 +166,9 @@ class Client:
         want = expected_params(self.cfg, self.plan)
         if self.id not in spec.cohort:
             raise ProtocolAbort(f"client {self.id}: not in the round's cohort")
+        if spec.round <= self._last_round:
+            raise ProtocolAbort(f"client {self.id}: round {spec.round} is not after round "
+                                f"{self._last_round} (replayed or out of order)")
         if spec.prompt_set_hash != self.prompt_hash or list(spec.prompt_ids) != [
                 p.id for p in self.prompts]:
             raise ProtocolAbort(f"client {self.id}: round {spec.round} announces a different "
@@ -183,7 +189,7 @@ class Client:
             raise ProtocolAbort(f"client {self.id}: message for another session or round")
         return self._spec
 
-    def _train_private(self, rnd: int, plan: Any) -> None:
+    def _train_private(self, rnd: int, plan: ClientPlan) -> None:
         """Step 1–2: charge the ledger first, then DP-SGD. Refuses before any forward pass."""
         try:
             self.ledger.charge(client=self.id, round=rnd, unit="record", mechanism="dp_sgd",
@@ -311,13 +317,6 @@ class Client:
         self.last_answers = list(zip([it.example.messages[-1][1] for it in self.eval_items],
                                      answers))
         return out
-
-
-def _select(cand: np.ndarray, points: np.ndarray, agreement: np.ndarray,
-            threshold: float) -> list[int | None]:
-    from privsem.consensus import select_nearest
-
-    return select_nearest(cand, points.astype(np.float64), agreement, threshold=threshold)
 
 
 def _limit_per_scope(items: list[EvalItem], n: int) -> list[EvalItem]:
