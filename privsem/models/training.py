@@ -153,7 +153,7 @@ def train_plain(model: PeftModel, data: TensorDataset, *, epochs: int, batch_siz
             losses.append(float(loss.detach()))
             steps += 1
     model.eval()
-    return TrainStats(steps=steps, examples_seen=steps and len(data) * epochs, empty_batches=0,
+    return TrainStats(steps=steps, examples_seen=len(data) * epochs, empty_batches=0,
                       mean_loss=sum(losses) / len(losses) if losses else math.nan)
 
 

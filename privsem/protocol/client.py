@@ -314,8 +314,6 @@ class Client:
                 out[f"{scope}_key_recall"] = float(np.mean(
                     [self.eval_items[i].key.lower() in answers[i].lower()  # type: ignore[union-attr]
                      for i in keyed]))
-        self.last_answers = list(zip([it.example.messages[-1][1] for it in self.eval_items],
-                                     answers))
         return out
 
 

@@ -26,6 +26,7 @@ from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
 from privsem.protocol.client import Client
+from privsem.protocol.messages import Stage
 from privsem.protocol.server import Server
 from privsem.rng import derive_seed, make_randomness
 
@@ -133,7 +134,7 @@ def run_round(fed: Federation, rnd: int, progress: Progress) -> dict[str, dict[s
         return traffic
     nominations = {}
     for cid, client in fed.clients.items():                                     # 8–9. labels
-        if client.stage.stage.value == "aborted":
+        if client.stage.stage is Stage.ABORTED:
             continue
         traffic[cid]["down"] += len(broadcast)
         nom = client.on_consensus(broadcast)
