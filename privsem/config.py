@@ -28,7 +28,8 @@ import yaml
 from privsem.errors import ConfigError
 
 PRESETS = ("demo", "smoke")
-AGGREGATION_BACKENDS = ("plaintext",)
+AGGREGATION_BACKENDS = ("masked", "plaintext")
+NOISE_PLACEMENTS = ("local", "distributed")
 CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
 SELECTION_MODES = ("local", "shared")
 
@@ -155,7 +156,9 @@ class ClientPrivacyConfig(DpTarget):
 
     ``clip`` bounds the Frobenius norm of the matrix; ``None`` means sqrt(prompts), which never
     shrinks a matrix of unit rows. ``placement`` is where the noise is added: ``local`` (each
-    client the full noise; holds even if aggregation is broken).
+    client the full noise; holds even if aggregation is broken) or ``distributed`` (each client
+    a share, so that the sum of at least ``aggregation.masked.min_survivors`` survivors carries
+    the full noise; needs the masked back-end and relies on it).
     """
 
     clip: float | None = None
@@ -165,8 +168,8 @@ class ClientPrivacyConfig(DpTarget):
         super().__post_init__()
         if self.clip is not None:
             _positive("clip", self.clip)
-        _check(self.placement == "local", "placement", self.placement,
-               "use 'local' (distributed placement needs the masked back-end)")
+        _check(self.placement in NOISE_PLACEMENTS, "placement", self.placement,
+               f"use one of {', '.join(NOISE_PLACEMENTS)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,8 +213,42 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MaskedConfig:
+    """Pairwise-masked secure aggregation (Bonawitz et al. 2017; SecAgg+ graph, Bell et al. 2020).
+
+    ``modulus_bits``: sums are computed mod 2^b; the fixed-point scale is the largest power of
+    two for which the sum of the cohort can never wrap. ``graph``: ``harary`` (each client masks
+    with about 3·log2(n) neighbours) or ``complete``. ``threshold``: the fraction of a client's
+    share holders needed to unmask (above 1/2, the security floor). ``min_survivors``: the
+    fraction of the cohort that must remain at every stage, else the round aborts; with
+    distributed noise, the number of noise shares the sum always carries. ``consistency_check``:
+    the signed round that stops a server from showing clients different survivor sets.
+    """
+
+    modulus_bits: int = 32
+    graph: str = "harary"
+    threshold: float = 0.6
+    min_survivors: float = 0.6
+    consistency_check: bool = True
+
+    def __post_init__(self) -> None:
+        _check(16 <= self.modulus_bits <= 64, "modulus_bits", self.modulus_bits,
+               "use an integer in [16, 64] (32 suits up to thousands of clients)")
+        _check(self.graph in ("harary", "complete"), "graph", self.graph,
+               "use 'harary' (SecAgg+, about 3·log2(n) neighbours) or 'complete'")
+        _check(0.5 < self.threshold < 1, "threshold", self.threshold,
+               "use a fraction in (0.5, 1): at most half is below the security floor (the server could unmask a client)")
+        _check(0 < self.min_survivors <= 1, "min_survivors", self.min_survivors,
+               "use a fraction of the cohort in (0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AggregationConfig:
-    backend: str = "plaintext"
+    """``masked`` (default: the server learns only the survivors' sum) or ``plaintext`` (the
+    server sees every client's noisy matrix; baselines and trusted servers)."""
+
+    backend: str = "masked"
+    masked: MaskedConfig = field(default_factory=MaskedConfig)
 
     def __post_init__(self) -> None:
         _check(self.backend in AGGREGATION_BACKENDS, "backend", self.backend,
@@ -290,6 +327,18 @@ class RunConfig:
                    "use an integer >= 1 or null for all")
         if self.threads is not None:
             _check(self.threads >= 1, "threads", self.threads, "use an integer >= 1 or null")
+        if self.aggregation.backend == "masked":
+            _check(len(self.clients) >= 3, "aggregation.backend", self.aggregation.backend,
+                   "secure aggregation needs at least 3 clients (with 2, the sum reveals the "
+                   "other's input); add a client or use the plaintext back-end")
+        if self.privacy.client.placement == "distributed":
+            _check(self.aggregation.backend == "masked", "privacy.client.placement",
+                   self.privacy.client.placement,
+                   "distributed noise is only private under secure aggregation: use "
+                   "aggregation.backend: masked, or placement: local")
+            _check(self.privacy.client.enabled, "privacy.client.placement",
+                   self.privacy.client.placement, "distributed placement needs privacy.client "
+                   "enabled")
         c = self.consensus
         if c.operator != "mean":
             _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,

@@ -8,6 +8,10 @@ Rules for changing it:
 - :class:`SecureRandomness` draws from OS entropy (``secrets``/``os.urandom``); Gaussian noise is
   produced by Box-Muller from CSPRNG uniforms, and torch generators are seeded from 256 bits of
   OS entropy (Opacus' DP-SGD noise is floating-point Gaussian: a documented residual risk).
+- Integer noise for masked secure aggregation is the discrete Gaussian
+  (:meth:`Randomness.discrete_gaussian`), sampled by
+  :func:`privsem.privacy.discrete_gaussian.sample_discrete_gaussian` from this module's 53-bit
+  uniforms (:meth:`Randomness.uniform`): OS entropy in secure mode, PCG64 when seeded.
 - Seeds for independent streams are derived with SHA-256 from the root seed and a label, so that
   adding a stream never shifts another.
 """
@@ -21,6 +25,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+
+from privsem.privacy.discrete_gaussian import sample_discrete_gaussian
+
+_BITS53 = 1 << 53
 
 
 def derive_seed(root: int, *labels: object) -> int:
@@ -41,6 +49,14 @@ class Randomness(ABC):
     @abstractmethod
     def gaussian(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         """Float64 samples from N(0, std²)."""
+
+    @abstractmethod
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` float64 uniforms k / 2**53 in the open interval (0, 1), k uniform in [1, 2**53)."""
+
+    def discrete_gaussian(self, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+        """int64 samples from the discrete Gaussian N_Z(0, sigma²) (Canonne et al. 2020, Alg. 3)."""
+        return sample_discrete_gaussian(sigma, shape, self.uniform)
 
     @abstractmethod
     def torch_generator(self, *labels: object) -> torch.Generator:
@@ -65,6 +81,10 @@ class SeededRandomness(Randomness):
             raise ValueError(f"gaussian: std must be >= 0, got {std}")
         return self._np.normal(0.0, std, size=shape) if std > 0 else np.zeros(shape)
 
+    def uniform(self, n: int) -> np.ndarray:
+        k = self._np.integers(1, _BITS53, size=_check_n(n), dtype=np.int64)
+        return k.astype(np.float64) / _BITS53
+
     def torch_generator(self, *labels: object) -> torch.Generator:
         g = torch.Generator()
         g.manual_seed(derive_seed(self._root, "torch", *labels) & ((1 << 63) - 1))
@@ -74,10 +94,25 @@ class SeededRandomness(Randomness):
         return derive_seed(self._root, "seed", *labels)
 
 
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"uniform: n must be an integer >= 0, got {n!r}")
+    return int(n)
+
+
 def _uniform_open01(n: int) -> np.ndarray:
-    """``n`` uniforms in the open interval (0, 1) with 53 random bits each, from ``os.urandom``."""
-    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
-    return (raw.astype(np.float64) + 0.5) / float(1 << 53)
+    """``n`` uniforms k / 2**53 in the open interval (0, 1), k uniform in [1, 2**53), from
+    ``os.urandom``.
+
+    k is the top 53 bits of 64 CSPRNG bits, redrawn where it is 0. Every k / 2**53 is an exact
+    float64 (``(k + 0.5) / 2**53`` is not: it rounds to 1.0 at the top of the range).
+    """
+    k = np.frombuffer(os.urandom(8 * _check_n(n)), dtype=np.uint64) >> np.uint64(11)
+    zero = np.flatnonzero(k == 0)
+    while zero.size:  # probability 2**-53 per value
+        k[zero] = np.frombuffer(os.urandom(8 * zero.size), dtype=np.uint64) >> np.uint64(11)
+        zero = zero[k[zero] == 0]
+    return k.astype(np.float64) / _BITS53
 
 
 class SecureRandomness(Randomness):
@@ -96,6 +131,9 @@ class SecureRandomness(Randomness):
         r = np.sqrt(-2.0 * np.log(u1))
         z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
         return (z * std).reshape(shape)
+
+    def uniform(self, n: int) -> np.ndarray:
+        return _uniform_open01(n)
 
     def torch_generator(self, *labels: object) -> torch.Generator:
         g = torch.Generator()

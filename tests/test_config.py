@@ -33,7 +33,8 @@ def test_set_overrides_any_field():
     ("privacy.clent.epsilon=1", "privacy.clent", "unknown field"),
     ("clients.7.id=x", "clients.7", "index below 3"),
     ("clients.0.id=a b", "clients.0.id", "letters"),
-    ("privacy.client.placement=distributed", "privacy.client.placement", "masked"),
+    ("privacy.client.placement=everywhere", "privacy.client.placement", "distributed"),
+        ("aggregation.masked.threshold=0.5", "aggregation.masked.threshold", "security floor"),
     ("consensus.operator=median", "consensus.operator", "trimmed_mean"),
 ])
 def test_errors_name_field_value_and_fix(override, field, fix):
@@ -77,7 +78,8 @@ def test_toml_and_yaml_files(tmp_path):
     toml.write_text('name = "t"\nprompts = "demo:prompts.jsonl"\nrounds = 1\n'
                     '[[clients]]\nid = "a"\ntrain = "demo:alice.train.jsonl"\n'
                     '[clients.model]\nname = "tiny-llama"\n'
-                    '[[clients]]\nid = "b"\ntrain = "b.jsonl"\n[clients.model]\nname = "tiny-gemma3"\n')
+                    '[[clients]]\nid = "b"\ntrain = "b.jsonl"\n[clients.model]\nname = "tiny-gemma3"\n'
+                    '[[clients]]\nid = "c"\ntrain = "c.jsonl"\n[clients.model]\nname = "tiny-llama"\n')
     cfg = load_config(str(toml))
     assert cfg.name == "t" and cfg.clients[1].train == str(tmp_path / "b.jsonl")
     bad = tmp_path / "bad.yaml"

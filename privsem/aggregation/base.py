@@ -1,11 +1,20 @@
 """The aggregation contract every back-end satisfies (DESIGN.md §3).
 
-A back-end turns each client's released (prompts × dim) matrix into bytes on the client
-(:class:`ClientAggregator`) and turns the bytes of the survivors into their sum on the server
-(:class:`ServerAggregator`). All back-ends give the same per-prompt sum within their stated
-tolerance, the same dropout behaviour (a client that never uploads is absent from the sum), and
-leave their inputs unchanged. ``reveals_individual`` says whether the server sees each client's
-matrix (only ``plaintext`` does), which gates the consensus operators that need them.
+A back-end turns each client's clipped (prompts × dim) matrix into messages on the client
+(:class:`ClientAggregator`) and the messages of the survivors into their noisy sum on the server
+(:class:`ServerAggregator`). The noise is the back-end's to add (Gaussian in floating point for
+``plaintext``, discrete Gaussian in the integer domain for ``masked``), so the back-end also
+names the DP event of the release (:meth:`ClientAggregator.release_event`), which the client
+charges to its ledger before anything leaves it.
+
+A round of aggregation is a sequence of exchanges: the client's first message comes from
+:meth:`ClientAggregator.start`; then, until :meth:`ServerAggregator.next_requests` returns an
+empty mapping, the server sends each live client a request and the client answers it
+(:meth:`ClientAggregator.respond`). A client that does not answer has dropped out. All
+back-ends give the same per-prompt sum within their stated tolerance, the same dropout
+behaviour (a client that never uploads is absent from the sum) and leave their inputs
+unchanged. ``reveals_individual`` says whether the server sees each client's matrix (only
+``plaintext`` does), which gates the consensus operators that need them.
 
 Rules for changing it: a new back-end lives in its own folder, subclasses these classes and
 registers itself with :func:`register`; the round loop never branches on a back-end's name.
@@ -15,36 +24,83 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from dp_accounting import dp_event as ev
 
 from privsem.protocol.messages import RoundSpec
+from privsem.rng import Randomness
+
+if TYPE_CHECKING:
+    from privsem.aggregation.masked.crypto import Identity
 
 
 @dataclass(frozen=True)
 class AggregateResult:
-    total: np.ndarray  # (prompts, dim) float64: the sum over contributors
+    total: np.ndarray  # (prompts, dim) float64: the noisy sum over contributors
     contributors: tuple[str, ...]
     noise_variance: float  # per-entry variance of the noise in ``total``
     individual: Mapping[str, np.ndarray] | None  # only where the back-end reveals them
-    rejected: Mapping[str, str]  # client -> reason its upload was excluded
+    rejected: Mapping[str, str]  # client -> reason its messages were excluded
+    dropped: tuple[str, ...] = ()  # cohort members that took part in a stage but are not counted
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """What a client's aggregator may use: its round, its randomness and its identity."""
+
+    spec: RoundSpec
+    client_id: str
+    randomness: Randomness
+    identity: Identity | None = None
+    registry: Mapping[str, bytes] = field(default_factory=dict)  # id -> Ed25519 public key
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """The planned client-level mechanism: multiplier z on the joint clip C."""
+
+    noise_multiplier: float
+    clip: float
+    placement: str = "local"
 
 
 class ClientAggregator(ABC):
+    mechanism: str  # ledger name of the release
+    stats: dict[str, Any]  # what the client measured (clip fraction, noise std)
+
     @abstractmethod
-    def contribute(self, matrix: np.ndarray, *, noise_std: float) -> bytes:
-        """The upload for ``matrix`` (already clipped and noised on the client)."""
+    def release_event(self) -> tuple[ev.DpEvent, dict[str, Any]]:
+        """The DP event of this client's release, and facts for the ledger entry."""
+
+    @abstractmethod
+    def start(self, clipped: np.ndarray) -> bytes:
+        """Adds the noise to ``clipped`` (not modified) and returns the first message."""
+
+    @abstractmethod
+    def respond(self, request: bytes) -> bytes | None:
+        """Answers a request of a later stage; raises ProtocolAbort when an invariant fails."""
 
 
 class ServerAggregator(ABC):
+    stage: str  # the stage whose messages are being collected
+
     @abstractmethod
     def receive(self, client: str, payload: bytes) -> None:
-        """Takes one client's upload; a malformed one is excluded, never summed."""
+        """Takes one client's message; a malformed one is excluded, never summed."""
+
+    @abstractmethod
+    def next_requests(self) -> dict[str, bytes]:
+        """Closes the current stage; returns the next stage's requests ({} when complete).
+
+        Raises ProtocolAbort when too few clients remain (no aggregate is released)."""
 
     @abstractmethod
     def finish(self) -> AggregateResult:
-        """The sum of the valid uploads received."""
+        """The noisy sum of the counted contributors."""
 
 
 class AggregationBackend(ABC):
@@ -52,10 +108,79 @@ class AggregationBackend(ABC):
     reveals_individual: bool
 
     @abstractmethod
-    def client(self, spec: RoundSpec, client_id: str) -> ClientAggregator: ...
+    def round_params(self, noise: NoisePlan, *, cohort_size: int, length: int,
+                     settings: Any) -> dict[str, Any]:
+        """Parameters every party must agree on (bound into the session id)."""
 
     @abstractmethod
-    def server(self, spec: RoundSpec) -> ServerAggregator: ...
+    def planned_event(self, noise_multiplier: float, count: int) -> ev.DpEvent:
+        """The event of ``count`` releases at multiplier ``z``, for calibration (an upper bound
+        of what :meth:`ClientAggregator.release_event` charges)."""
+
+    @abstractmethod
+    def client(self, ctx: ClientContext) -> ClientAggregator: ...
+
+    @abstractmethod
+    def server(self, spec: RoundSpec, registry: Mapping[str, bytes]) -> ServerAggregator: ...
+
+
+class Collector(Protocol):
+    """The collecting side of an exchange: a ServerAggregator, or a server wrapping one."""
+
+    @property
+    def stage(self) -> str: ...
+
+    def receive(self, client: str, payload: bytes) -> None: ...
+
+    def next_requests(self) -> dict[str, bytes]: ...
+
+
+def run_exchanges(server: Collector,
+                  respond: Mapping[str, Callable[[bytes], bytes | None]],
+                  first: Mapping[str, bytes], *,
+                  drop: Callable[[str, str], bool] = lambda client, stage: False,
+                  traffic: Callable[[str, str, str, int], None] | None = None) -> dict[str, str]:
+    """Moves messages between one server and its clients until the aggregate is ready.
+
+    ``first`` holds the clients' first messages and ``respond[c]`` answers a request to client
+    ``c``. ``drop(client, stage)`` simulates a client that goes silent before sending its
+    message of ``stage``. ``traffic(client, stage, "up"|"down", n)`` counts bytes. A client
+    whose invariant fails aborts and goes silent; returns ``{client: reason}`` for those.
+    Raises ProtocolAbort when the server aborts the round.
+    """
+    from privsem.errors import ProtocolAbort
+
+    aborted: dict[str, str] = {}
+    live = set(respond) | set(first)
+    stage = server.stage
+    for c, frame in first.items():
+        if drop(c, stage):
+            live.discard(c)
+            continue
+        if traffic:
+            traffic(c, stage, "up", len(frame))
+        server.receive(c, frame)
+    while requests := server.next_requests():
+        stage = server.stage
+        for c, req in requests.items():
+            if c not in live:
+                continue
+            if traffic:
+                traffic(c, stage, "down", len(req))
+            if drop(c, stage):
+                live.discard(c)
+                continue
+            try:
+                resp = respond[c](req)
+            except ProtocolAbort as e:
+                live.discard(c)
+                aborted[c] = str(e)
+                continue
+            if resp is not None:
+                if traffic:
+                    traffic(c, stage, "up", len(resp))
+                server.receive(c, resp)
+    return aborted
 
 
 _REGISTRY: dict[str, Callable[[], AggregationBackend]] = {}

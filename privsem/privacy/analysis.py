@@ -65,6 +65,18 @@ def gaussian_event(*, noise_multiplier: float, count: int = 1) -> ev.DpEvent:
     return g if count == 1 else ev.SelfComposedDpEvent(g, count)
 
 
+def effective_accountant(kind: str, event: ev.DpEvent) -> str:
+    """``kind``, or ``"rdp"`` where the PLD accountant has no representation of ``event``.
+
+    zCDP events (the discrete Gaussian of the masked back-end) have no privacy-loss
+    distribution in ``dp_accounting``; RDP composes them exactly (ρ-zCDP is RDP α·ρ at every
+    order α) and gives a valid, if slightly looser, (ε, δ).
+    """
+    if kind == "pld" and not make_accountant("pld").supports(event):
+        return "rdp"
+    return kind
+
+
 def epsilon(events: Sequence[ev.DpEvent], *, delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` of the composition of ``events``; ``inf`` if any release is non-private."""
     if not 0 < delta < 1:
@@ -74,11 +86,12 @@ def epsilon(events: Sequence[ev.DpEvent], *, delta: float, accountant: str = "rd
         return 0.0
     if any(isinstance(e, ev.NonPrivateDpEvent) for e in events):
         return math.inf
-    acc = make_accountant(accountant)
     composed = events[0] if len(events) == 1 else ev.ComposedDpEvent(list(events))
+    kind = effective_accountant(accountant, composed)
+    acc = make_accountant(kind)
     if not acc.supports(composed):
         raise dp_accounting.UnsupportedEventError(
-            f"the {accountant} accountant does not support event {composed!r}")
+            f"the {kind} accountant does not support event {composed!r}")
     acc.compose(composed)
     eps = float(acc.get_epsilon(delta))
     return max(eps, 0.0)
@@ -93,8 +106,9 @@ def calibrate(make_event: Callable[[float], ev.DpEvent], *, target_epsilon: floa
     """
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise ValueError(f"calibrate: target_epsilon must be finite and > 0, got {target_epsilon}")
+    kind = effective_accountant(accountant, make_event(1.0))
     sigma = float(dp_accounting.calibrate_dp_mechanism(
-        lambda: make_accountant(accountant), make_event, target_epsilon, delta,
+        lambda: make_accountant(kind), make_event, target_epsilon, delta,
         bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=tol))
     for _ in range(1000):
         if epsilon([make_event(sigma)], delta=delta, accountant=accountant) <= target_epsilon:
@@ -116,6 +130,8 @@ def event_to_json(e: ev.DpEvent) -> dict[str, Any]:
         return {"type": "self_composed", "count": e.count, "event": event_to_json(e.event)}
     if isinstance(e, ev.ComposedDpEvent):
         return {"type": "composed", "events": [event_to_json(x) for x in e.events]}
+    if isinstance(e, ev.ZCDpEvent):
+        return {"type": "zcdp", "rho": e.rho, "xi": e.xi}
     if isinstance(e, ev.NoOpDpEvent):
         return {"type": "no_op"}
     if isinstance(e, ev.NonPrivateDpEvent):
@@ -134,6 +150,8 @@ def event_from_json(d: dict[str, Any]) -> ev.DpEvent:
         return ev.SelfComposedDpEvent(event_from_json(d["event"]), int(d["count"]))
     if t == "composed":
         return ev.ComposedDpEvent([event_from_json(x) for x in d["events"]])
+    if t == "zcdp":
+        return ev.ZCDpEvent(float(d["rho"]), float(d.get("xi", 0.0)))
     if t == "no_op":
         return ev.NoOpDpEvent()
     if t == "non_private":

@@ -3,8 +3,9 @@
 Record level (per client i with N_i examples): Poisson rate q_i = B/N_i, S_i = ⌈epochs·N_i/B⌉
 steps per round, σ_i calibrated so that R rounds of ``SelfComposed(PoissonSampled(q_i,
 Gaussian(σ_i)), S_i)`` meet the record-level target. Client level: z calibrated so that R
-Gaussian releases meet the client-level target; the noise std on the jointly clipped matrix is
-z·C with C = clip (default sqrt(P), which never shrinks a matrix of P unit rows).
+releases of the aggregation back-end's mechanism (Gaussian for ``plaintext``, discrete Gaussian
+in zCDP for ``masked``) meet the client-level target; the noise std on the jointly clipped
+matrix is z·C with C = clip (default sqrt(P), which never shrinks a matrix of P unit rows).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 
 from dp_accounting import dp_event as ev
 
+from privsem.aggregation import NoisePlan, get_backend
 from privsem.config import RunConfig
-from privsem.privacy.analysis import calibrate, dpsgd_event, gaussian_event
+from privsem.privacy.analysis import calibrate, dpsgd_event
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,15 @@ class PrivacyPlan:
     client_budget: float
     clients: dict[str, ClientPlan]
 
+    placement: str = "local"
+
     @property
     def embedding_noise_std(self) -> float:
         return self.embedding_noise_multiplier * self.clip
 
-    def embedding_event(self) -> ev.DpEvent:
-        if self.embedding_noise_multiplier == 0:
-            return ev.NonPrivateDpEvent()
-        return gaussian_event(noise_multiplier=self.embedding_noise_multiplier)
+    def noise(self) -> NoisePlan:
+        return NoisePlan(noise_multiplier=self.embedding_noise_multiplier, clip=self.clip,
+                         placement=self.placement)
 
 
 def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> PrivacyPlan:
@@ -71,9 +74,10 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
         clients[cid] = ClientPlan(cid, n, q, steps, sigma, budget)
     clip = cp.clip if cp.clip is not None else math.sqrt(prompts)
     if cp.enabled:
-        z = calibrate(lambda s: gaussian_event(noise_multiplier=s, count=R),
-                      target_epsilon=cp.epsilon, delta=cp.delta, accountant=acc)
+        backend = get_backend(cfg.aggregation.backend)
+        z = calibrate(lambda s: backend.planned_event(s, R), target_epsilon=cp.epsilon,
+                      delta=cp.delta, accountant=acc)
         cbudget = cp.budget_epsilon
     else:
         z, cbudget = 0.0, math.inf
-    return PrivacyPlan(R, prompts, clip, z, cbudget, clients)
+    return PrivacyPlan(R, prompts, clip, z, cbudget, clients, placement=cp.placement)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from dp_accounting import dp_event as ev
 
-from privsem.aggregation.base import AggregationBackend
+from privsem.aggregation.base import AggregationBackend, ClientAggregator, ClientContext
+from privsem.aggregation.masked.crypto import Identity
 from privsem.config import ClientConfig, RunConfig
 from privsem.consensus import select_nearest
 from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
@@ -37,7 +39,7 @@ from privsem.models.training import (
     train_dp_sgd,
     train_plain,
 )
-from privsem.privacy.embedding import release, validate_embeddings
+from privsem.privacy.embedding import joint_clip, validate_embeddings
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import ClientPlan, PrivacyPlan
 from privsem.protocol.messages import (
@@ -63,6 +65,7 @@ class RoundLog:
     dp_train: TrainStats | None = None
     pseudo_train: TrainStats | None = None
     clip_factor: float = math.nan
+    aggregation: dict[str, Any] = field(default_factory=dict)
     labels: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -71,11 +74,14 @@ class Client:
     def __init__(self, cfg: RunConfig, ccfg: ClientConfig, *, prompts: list[PublicPrompt],
                  prompt_hash: str, embedder: Embedder, ledger: Ledger, plan: PrivacyPlan,
                  backend: AggregationBackend, randomness: Randomness,
+                 identity: Identity | None = None, registry: Mapping[str, bytes] | None = None,
                  private_data: list[Example] | None = None) -> None:
         self.cfg, self.ccfg, self.id = cfg, ccfg, ccfg.id
         self.prompts, self.prompt_hash = prompts, prompt_hash
         self.embedder, self.ledger, self.plan = embedder, ledger, plan
         self.backend, self.rng = backend, randomness
+        self.identity, self.registry = identity, dict(registry or {})
+        self._agg: ClientAggregator | None = None
         self.stage = StageMachine(f"client {self.id}")
         loaded = load_model(ccfg.model.name, seed=randomness.seed_for("init", self.id) % 2**31)
         self.source, self.architecture = loaded.source, loaded.architecture
@@ -102,12 +108,13 @@ class Client:
 
     # ------------------------------------------------------------------ round handlers
     def on_round_spec(self, frame: bytes) -> bytes | None:
-        """Steps 1–6. Returns the upload frame, or None if the client does not contribute."""
+        """Steps 1–6. Returns the aggregation back-end's first message, or None if the client
+        does not contribute."""
         spec = decode(frame, RoundSpec)
         self._check_spec(spec)
         self.stage.advance(Stage.SPEC)
         self._last_round = spec.round
-        self._spec, self.log = spec, RoundLog(spec.round)
+        self._spec, self.log, self._agg = spec, RoundLog(spec.round), None
         plan = self.plan.clients[self.id]
         self._timed("train_private", lambda: self._train_private(spec.round, plan))
         self._timed("train_pseudo", self._train_on_pseudo_labels)
@@ -115,6 +122,19 @@ class Client:
         upload = self._timed("embed_release", lambda: self._release(spec))
         self.stage.advance(Stage.UPLOAD)
         return upload
+
+    def on_aggregation(self, frame: bytes) -> bytes | None:
+        """Step 6, later stages: answers the aggregation back-end's request (masked: roster,
+        shares, survivor list, unmasking). Raises ProtocolAbort when an invariant fails."""
+        self.stage.expect(Stage.UPLOAD)
+        if self._agg is None:
+            raise ProtocolAbort(f"client {self.id}: aggregation request without an upload")
+        t0 = time.perf_counter()
+        try:
+            return self._agg.respond(frame)
+        finally:
+            self.log.seconds["aggregate"] = self.log.seconds.get("aggregate", 0.0) + (
+                time.perf_counter() - t0)
 
     def on_consensus(self, frame: bytes) -> bytes | None:
         """Steps 8–9: pseudo-labels (local) or a nomination (shared)."""
@@ -163,7 +183,12 @@ class Client:
 
     # ------------------------------------------------------------------ steps
     def _check_spec(self, spec: RoundSpec) -> None:
-        want = expected_params(self.cfg, self.plan)
+        try:
+            want = expected_params(self.cfg, self.plan, cohort_size=len(spec.cohort),
+                                   dim=self.embedder.dim)
+        except ValueError as e:
+            raise ProtocolAbort(f"client {self.id}: cannot take part in a round of "
+                                f"{len(spec.cohort)} clients ({e})") from None
         if self.id not in spec.cohort:
             raise ProtocolAbort(f"client {self.id}: not in the round's cohort")
         if spec.round <= self._last_round:
@@ -248,31 +273,35 @@ class Client:
         return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
     def _release(self, spec: RoundSpec) -> bytes | None:
-        """Steps 5–6: validate, clip, noise, charge the ledger, then encode the upload."""
+        """Steps 5–6: validate, clip, charge the ledger, then let the back-end noise and send."""
         try:
             matrix = validate_embeddings(self.answer_matrix(), prompts=len(spec.prompt_ids),
                                          dim=spec.dim)
         except EmbeddingRejected as e:
             self.log.status.append(f"upload withheld: {e}")
             return None
-        rel = release(matrix, clip=self.plan.clip,
-                      noise_multiplier=self.plan.embedding_noise_multiplier,
-                      randomness=self.rng)
-        self.log.clip_factor = rel.clip_factor
+        clipped, factor = joint_clip(matrix, self.plan.clip)
+        self.log.clip_factor = factor
+        agg = self.backend.client(ClientContext(spec=spec, client_id=self.id,
+                                                randomness=self.rng, identity=self.identity,
+                                                registry=self.registry))
+        event, detail = agg.release_event()
         try:
             self.ledger.charge(client=self.id, round=spec.round, unit="client",
-                               mechanism="embedding_gaussian", event=self.plan.embedding_event(),
+                               mechanism=agg.mechanism, event=event,
                                delta=self.cfg.privacy.client.delta,
                                budget=self.plan.client_budget,
-                               detail={"noise_multiplier": self.plan.embedding_noise_multiplier,
-                                       "clip": rel.clip, "clip_factor": rel.clip_factor,
-                                       "noise_std": rel.noise_std,
+                               detail={**detail, "clip_factor": factor,
+                                       "backend": self.backend.name,
                                        "shape": list(matrix.shape)})
         except BudgetExceeded as e:
             self.log.status.append(f"upload refused: {e}")
             return None
+        first = agg.start(clipped)  # the noise is drawn here, after the charge
+        self._agg = agg
+        self.log.aggregation = dict(agg.stats)
         self.log.status.append("uploaded")
-        return self.backend.client(spec, self.id).contribute(rel.noisy, noise_std=rel.noise_std)
+        return first
 
     def _set_labels(self, texts: list[str | None]) -> None:
         self.pseudo_labels = [Example(messages=(("user", p.text),), response=t)

@@ -1,33 +1,28 @@
-"""Protocol messages: frozen typed dataclasses, one wire format, a stage enum and its transitions.
+"""Protocol messages: frozen typed dataclasses, a stage enum and its transitions.
 
 Rules for changing it:
-- Every message is a frozen dataclass here, with a ``TYPE`` tag; adding a field bumps ``VERSION``.
-- Wire format (no pickle, ever): ``MAGIC | u32 header length | JSON header | array bytes``. The
-  header names each array's dtype (``<f4`` or ``<f8`` only), shape and byte range; decoding
-  checks every length against the frame before touching it and against ``MAX_MESSAGE_BYTES``.
+- Every message of every party is a frozen dataclass here, with a ``TYPE`` tag; adding a field
+  bumps :data:`privsem.protocol.wire.VERSION`. The wire format lives in
+  :mod:`privsem.protocol.wire` (no pickle, ever; every field type-checked on decode).
 - Messages are decoded and validated once, at the boundary (:func:`decode`); inside, code is
   typed. A bad frame raises :class:`~privsem.errors.MessageError`.
-- :data:`TRANSITIONS` is the table of valid stage changes; anything else raises.
+- :data:`TRANSITIONS` is the table of valid stage changes of the round; anything else raises.
+  The masked back-end's own stages are :class:`MaskStage` with :data:`MASK_TRANSITIONS`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import json
-import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from privsem.errors import MessageError, ProtocolAbort
+from privsem.errors import ProtocolAbort
+from privsem.protocol import wire
+from privsem.protocol.wire import MAGIC, MAX_MESSAGE_BYTES, encode
 
-MAGIC = b"PSM\x01"
-VERSION = 1
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-MAX_HEADER_BYTES = 4 * 1024 * 1024
-DTYPES = {"<f4": np.float32, "<f8": np.float64}
+__all__ = ["MAGIC", "MAX_MESSAGE_BYTES", "decode", "encode"]
 
 
 class Stage(enum.Enum):
@@ -132,83 +127,155 @@ class PseudoLabels:
     texts: tuple[str | None, ...]
 
 
-MESSAGE_TYPES: dict[str, Any] = {c.TYPE: c for c in
-                                  (RoundSpec, EmbeddingUpload, ConsensusBroadcast, Nomination,
-                                   PseudoLabels)}
+# ---------------------------------------------------------------------------------------------
+# Masked back-end (Bonawitz et al. 2017 with the SecAgg+ graph of Bell et al. 2020). Keys,
+# signatures and ciphertexts are raw bytes; vectors are uint32/uint64 arrays mod 2^b.
 
 
-def encode(msg: Any) -> bytes:
-    header: dict[str, Any] = {"type": msg.TYPE, "version": VERSION, "fields": {}, "arrays": {}}
-    blobs: list[bytes] = []
-    offset = 0
-    for f in dataclasses.fields(msg):
-        v = getattr(msg, f.name)
-        if isinstance(v, np.ndarray):
-            arr = np.ascontiguousarray(v)
-            dt = arr.dtype.newbyteorder("<").str
-            if dt not in DTYPES:
-                raise MessageError(f"encode {msg.TYPE}: array {f.name} has dtype {arr.dtype}")
-            data = arr.astype(dt, copy=False).tobytes()
-            header["arrays"][f.name] = {"dtype": dt, "shape": list(arr.shape), "offset": offset,
-                                        "nbytes": len(data)}
-            blobs.append(data)
-            offset += len(data)
-        else:
-            header["fields"][f.name] = list(v) if isinstance(v, tuple) else v
-    hb = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    frame = MAGIC + struct.pack("<I", len(hb)) + hb + b"".join(blobs)
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"encode {msg.TYPE}: {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    return frame
+class MaskStage(enum.Enum):
+    ADVERTISE = "advertise"  # clients' public keys collected
+    SHARE = "share"  # encrypted Shamir shares collected
+    INPUT = "input"  # masked inputs collected
+    CONSISTENCY = "consistency"  # signatures over the survivor list collected
+    UNMASK = "unmask"  # shares for unmasking collected
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+MASK_TRANSITIONS: dict[MaskStage, frozenset[MaskStage]] = {
+    MaskStage.ADVERTISE: frozenset({MaskStage.SHARE, MaskStage.ABORTED}),
+    MaskStage.SHARE: frozenset({MaskStage.INPUT, MaskStage.ABORTED}),
+    MaskStage.INPUT: frozenset({MaskStage.CONSISTENCY, MaskStage.UNMASK, MaskStage.ABORTED}),
+    MaskStage.CONSISTENCY: frozenset({MaskStage.UNMASK, MaskStage.ABORTED}),
+    MaskStage.UNMASK: frozenset({MaskStage.DONE, MaskStage.ABORTED}),
+    MaskStage.DONE: frozenset(),
+    MaskStage.ABORTED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class MaskKeys:
+    """Client → server: the client's two X25519 public keys for this session, signed with its
+    registered Ed25519 identity key."""
+
+    TYPE: ClassVar[str] = "mask_keys"
+    session_id: str
+    round: int
+    client: str
+    enc_pk: bytes  # X25519, for encrypting shares
+    mask_pk: bytes  # X25519, for pairwise masks
+    commitment: bytes  # SHA-256 binding the self-mask seed (checks its reconstruction)
+    signature: bytes  # Ed25519 over the keys, the commitment and the session id
+
+
+@dataclass(frozen=True)
+class MaskRoster:
+    """Server → clients: every advertised key of the round, with its signature."""
+
+    TYPE: ClassVar[str] = "mask_roster"
+    session_id: str
+    round: int
+    clients: tuple[str, ...]
+    enc_pks: tuple[bytes, ...]
+    mask_pks: tuple[bytes, ...]
+    commitments: tuple[bytes, ...]
+    signatures: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class MaskShares:
+    """Client → server: one AEAD ciphertext of Shamir shares per neighbour."""
+
+    TYPE: ClassVar[str] = "mask_shares"
+    session_id: str
+    round: int
+    client: str
+    recipients: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class MaskSharesDelivery:
+    """Server → one client: the ciphertexts its neighbours addressed to it."""
+
+    TYPE: ClassVar[str] = "mask_shares_delivery"
+    session_id: str
+    round: int
+    recipient: str
+    senders: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Client → server: the encoded, noised and masked matrix, flattened, mod 2^b.
+
+    ``excluded`` names the neighbours whose shares failed authentication (T8): the client did
+    not mask with them, and the server must treat them as dropped."""
+
+    TYPE: ClassVar[str] = "masked_input"
+    session_id: str
+    round: int
+    client: str
+    excluded: tuple[str, ...]
+    vector: np.ndarray  # (prompts·dim,) uint32 or uint64
+
+
+@dataclass(frozen=True)
+class SurvivorList:
+    """Server → clients (consistency round): whose masked inputs the sum will hold."""
+
+    TYPE: ClassVar[str] = "survivor_list"
+    session_id: str
+    round: int
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Client → server: Ed25519 signature over the session id and the survivor list."""
+
+    TYPE: ClassVar[str] = "survivor_signature"
+    session_id: str
+    round: int
+    client: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server → clients: survivors (send their self-mask shares) and dropped clients (send
+    their mask-key shares); with the consistency round, every signature collected."""
+
+    TYPE: ClassVar[str] = "unmask_request"
+    session_id: str
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signers: tuple[str, ...]
+    signatures: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskShares:
+    """Client → server: per peer, one share: of its self-mask seed (survivor) or of its mask key
+    (dropped), never both."""
+
+    TYPE: ClassVar[str] = "unmask_shares"
+    session_id: str
+    round: int
+    client: str
+    peers: tuple[str, ...]
+    kinds: tuple[str, ...]  # "self_mask" or "mask_key", one per peer
+    shares: tuple[bytes, ...]
+
+
+MESSAGE_TYPES: dict[str, Any] = {c.TYPE: c for c in (
+    RoundSpec, EmbeddingUpload, ConsensusBroadcast, Nomination, PseudoLabels, MaskKeys,
+    MaskRoster, MaskShares, MaskSharesDelivery, MaskedInput, SurvivorList, SurvivorSignature,
+    UnmaskRequest, UnmaskShares)}
 
 
 def decode(frame: bytes, expected: Any = None) -> Any:
     """Parses and validates one frame. Raises MessageError on anything malformed."""
-    if not isinstance(frame, (bytes, bytearray)):
-        raise MessageError("decode: frame must be bytes")
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"decode: frame of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    if len(frame) < 8 or frame[:4] != MAGIC:
-        raise MessageError("decode: not a privsem frame (bad magic)")
-    (hlen,) = struct.unpack("<I", frame[4:8])
-    if hlen > MAX_HEADER_BYTES or 8 + hlen > len(frame):
-        raise MessageError(f"decode: header length {hlen} exceeds the frame")
-    try:
-        header = json.loads(frame[8:8 + hlen])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MessageError(f"decode: header is not valid JSON ({e})") from None
-    if not isinstance(header, dict) or header.get("version") != VERSION:
-        raise MessageError(f"decode: unsupported version {header.get('version') if isinstance(header, dict) else None!r}")
-    cls: Any = MESSAGE_TYPES.get(header.get("type"))  # type: ignore[arg-type]
-    if cls is None:
-        raise MessageError(f"decode: unknown message type {header.get('type')!r}")
-    if expected is not None and cls is not expected:
-        raise MessageError(f"decode: expected {expected.TYPE}, got {cls.TYPE}")
-    body = frame[8 + hlen:]
-    kwargs: dict[str, Any] = {}
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    fields, arrays = header.get("fields", {}), header.get("arrays", {})
-    if set(fields) | set(arrays) != set(names) or set(fields) & set(arrays):
-        raise MessageError(f"decode {cls.TYPE}: fields {sorted(set(fields) | set(arrays))} do not "
-                           f"match {sorted(names)}")
-    end = 0
-    for name, meta in arrays.items():
-        try:
-            dt, shape = DTYPES[meta["dtype"]], tuple(int(s) for s in meta["shape"])
-            off, nbytes = int(meta["offset"]), int(meta["nbytes"])
-        except (KeyError, TypeError, ValueError):
-            raise MessageError(f"decode {cls.TYPE}: bad array descriptor for {name}") from None
-        if any(s < 0 for s in shape) or nbytes != int(np.prod(shape)) * np.dtype(dt).itemsize:
-            raise MessageError(f"decode {cls.TYPE}: array {name} size does not match its shape")
-        if off != end or off + nbytes > len(body):
-            raise MessageError(f"decode {cls.TYPE}: array {name} lies outside the frame")
-        kwargs[name] = np.frombuffer(body[off:off + nbytes], dtype=dt).reshape(shape).copy()
-        end = off + nbytes
-    if end != len(body):
-        raise MessageError(f"decode {cls.TYPE}: {len(body) - end} trailing bytes")
-    for name, v in fields.items():
-        kwargs[name] = tuple(v) if isinstance(v, list) else v
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise MessageError(f"decode {cls.TYPE}: {e}") from None
+    return wire.decode(frame, MESSAGE_TYPES, expected)

@@ -3,6 +3,8 @@ shared mode picks the nominated text nearest each consensus point. Transport-fre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from privsem.aggregation.base import AggregateResult, AggregationBackend, ServerAggregator
@@ -28,9 +30,12 @@ from privsem.protocol.session import expected_params, session_id
 class Server:
     def __init__(self, cfg: RunConfig, *, prompts: list[PublicPrompt], prompt_hash: str,
                  dim: int, plan: PrivacyPlan, backend: AggregationBackend,
+                 registry: Mapping[str, bytes] | None = None,
                  embedder: Embedder | None = None) -> None:
         self.cfg, self.prompts, self.prompt_hash = cfg, prompts, prompt_hash
         self.dim, self.plan, self.backend, self.embedder = dim, plan, backend, embedder
+        self.registry = dict(registry or {})
+        self.abort_reason: str | None = None
         self.stage = StageMachine("server")
         self.spec: RoundSpec | None = None
         self._agg: ServerAggregator | None = None
@@ -38,14 +43,25 @@ class Server:
         self.consensus: Consensus | None = None
 
     def open_round(self, rnd: int, cohort: tuple[str, ...]) -> bytes:
-        params = expected_params(self.cfg, self.plan)
+        params = expected_params(self.cfg, self.plan, cohort_size=len(cohort), dim=self.dim)
         self.spec = RoundSpec(round=rnd, session_id=session_id(rnd, cohort, self.prompt_hash,
                                                                params),
                               cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
                               prompt_set_hash=self.prompt_hash, dim=self.dim, params=params)
         self.stage.advance(Stage.SPEC)
-        self._agg = self.backend.server(self.spec)
+        self._agg = self.backend.server(self.spec, self.registry)
+        self.result, self.consensus, self.abort_reason = None, None, None
         return encode(self.spec)
+
+    # The aggregation exchange (see privsem.aggregation.base.run_exchanges).
+    @property
+    def collector(self) -> _Collector:
+        """This server seen as the collecting side of :func:`run_exchanges`."""
+        return _Collector(self)
+
+    @property
+    def aggregation_stage(self) -> str:
+        return self._agg.stage if self._agg is not None else "closed"
 
     def receive_upload(self, client: str, frame: bytes) -> None:
         self.stage.expect(Stage.SPEC)
@@ -53,11 +69,31 @@ class Server:
             raise ProtocolAbort("server: upload before the round was opened")
         self._agg.receive(client, frame)
 
+    def next_requests(self) -> dict[str, bytes]:
+        """The back-end's next requests; {} when the aggregate is ready or the round aborted."""
+        self.stage.expect(Stage.SPEC)
+        if self._agg is None or self.abort_reason is not None:
+            return {}
+        try:
+            return self._agg.next_requests()
+        except ProtocolAbort as e:
+            self.abort_reason = str(e)
+            return {}
+
     def close_uploads(self) -> bytes | None:
-        """Step 7: the consensus broadcast, or None (round aborted) when nobody contributed."""
+        """Step 7: the consensus broadcast, or None (round aborted) when nobody contributed
+        or the back-end aborted."""
         if self._agg is None or self.spec is None:
             raise ProtocolAbort("server: no open round")
-        self.result = self._agg.finish()
+        if self.abort_reason is not None:
+            self.stage.advance(Stage.ABORTED)
+            return None
+        try:
+            self.result = self._agg.finish()
+        except ProtocolAbort as e:
+            self.abort_reason = str(e)
+            self.stage.advance(Stage.ABORTED)
+            return None
         if not self.result.contributors:
             self.stage.advance(Stage.ABORTED)
             return None
@@ -116,3 +152,18 @@ class Server:
     def end_round(self) -> None:
         if self.stage.stage in (Stage.CONSENSUS, Stage.LABELS):
             self.stage.advance(Stage.DONE)
+
+
+class _Collector:
+    def __init__(self, server: Server) -> None:
+        self._s = server
+
+    @property
+    def stage(self) -> str:
+        return self._s.aggregation_stage
+
+    def receive(self, client: str, payload: bytes) -> None:
+        self._s.receive_upload(client, payload)
+
+    def next_requests(self) -> dict[str, bytes]:
+        return self._s.next_requests()

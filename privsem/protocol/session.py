@@ -7,12 +7,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from privsem.aggregation import get_backend
 from privsem.config import RunConfig
 from privsem.privacy.plan import PrivacyPlan
 
 
-def expected_params(cfg: RunConfig, plan: PrivacyPlan) -> dict[str, Any]:
-    """The round parameters every party must agree on (compared exactly, as JSON values)."""
+def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int,
+                    dim: int) -> dict[str, Any]:
+    """The round parameters every party must agree on (compared exactly, as JSON values),
+    including the aggregation back-end's (masking modulus, scale, noise, graph, thresholds)."""
+    backend = get_backend(cfg.aggregation.backend)
     return {
         "backend": cfg.aggregation.backend,
         "clip": plan.clip,
@@ -21,6 +25,9 @@ def expected_params(cfg: RunConfig, plan: PrivacyPlan) -> dict[str, Any]:
         "operator": cfg.consensus.operator,
         "candidates": cfg.generation.candidates,
         "encoder": cfg.embedding.model,
+        "aggregation": backend.round_params(plan.noise(), cohort_size=cohort_size,
+                                            length=plan.prompts * dim,
+                                            settings=cfg.aggregation.masked),
     }
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from privsem.aggregation import get_backend
+from privsem.aggregation import get_backend, run_exchanges
+from privsem.aggregation.masked.crypto import Identity
 from privsem.config import RunConfig, dump_yaml
 from privsem.data import load_examples, load_prompts, prompt_set_hash
 from privsem.errors import ProtocolAbort
@@ -28,6 +29,7 @@ from privsem.privacy.plan import PrivacyPlan, make_plan
 from privsem.protocol.client import Client
 from privsem.protocol.messages import Stage
 from privsem.protocol.server import Server
+from privsem.protocol.session import expected_params
 from privsem.rng import derive_seed, make_randomness
 
 
@@ -97,6 +99,13 @@ def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
     embedder = Embedder(cfg.embedding.model, batch_size=cfg.embedding.batch_size)
     ledger = Ledger(out / "ledger.jsonl", accountant=cfg.privacy.accountant)
     backend = get_backend(cfg.aggregation.backend)
+    # Each client's long-term signing key; the public halves form the registry every party
+    # trusts (a PKI set up out of band; in-process it is simply handed to everyone).
+    identities = {c.id: Identity() for c in cfg.clients}
+    registry = {cid: ident.public for cid, ident in identities.items()}
+    # Fail before any training if the back-end cannot serve this cohort (e.g. modulus too
+    # small for the number of clients).
+    expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=embedder.dim)
     clients = {}
     for c in cfg.clients:
         progress(f"loading {c.id}: {c.model.name}")
@@ -104,53 +113,74 @@ def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
                                ledger=ledger, plan=plan, backend=backend,
                                randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
                                                           "client", c.id),
+                               identity=identities[c.id], registry=registry,
                                private_data=private[c.id])
     server = Server(cfg, prompts=prompts, prompt_hash=phash, dim=embedder.dim, plan=plan,
-                    backend=backend, embedder=embedder)
+                    backend=backend, registry=registry, embedder=embedder)
     return Federation(cfg, out, server, clients, ledger, plan)
 
 
-def run_round(fed: Federation, rnd: int, progress: Progress) -> dict[str, dict[str, int]]:
-    """One round; returns bytes up/down per client, measured from the serialised messages."""
-    traffic = {cid: {"up": 0, "down": 0} for cid in fed.clients}
+Traffic = dict[str, dict[str, Any]]
+
+
+def run_round(fed: Federation, rnd: int, progress: Progress,
+              drop: Callable[[str, str], bool] = lambda client, stage: False) -> Traffic:
+    """One round; returns bytes up/down per client (total and per stage), measured from the
+    serialised messages. ``drop(client, stage)`` simulates a client going silent."""
+    traffic: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
+
+    def count(cid: str, stage: str, direction: str, n: int) -> None:
+        traffic[cid][direction] += n
+        st = traffic[cid]["stages"].setdefault(stage, {"up": 0, "down": 0})
+        st[direction] += n
+
     spec = fed.server.open_round(rnd, tuple(fed.clients))                       # 1. announce
+    first = {}
     for cid, client in fed.clients.items():                                     # 2–6. clients
         progress(f"round {rnd}: {cid} trains, generates, releases")
-        traffic[cid]["down"] += len(spec)
+        count(cid, "spec", "down", len(spec))
         try:
-            upload = client.on_round_spec(spec)
+            frame = client.on_round_spec(spec)
         except ProtocolAbort as e:
             client.abort_round()
             client.log.status.append(f"aborted: {e}")
             continue
-        if upload is not None:
-            traffic[cid]["up"] += len(upload)
-            fed.server.receive_upload(cid, upload)
-    progress(f"round {rnd}: server aggregates")
+        if frame is not None:
+            first[cid] = frame
+    progress(f"round {rnd}: secure aggregation ({fed.server.backend.name})")
+    aborted = run_exchanges(fed.server.collector,                               # 6. aggregate
+                            {cid: c.on_aggregation for cid, c in fed.clients.items()}, first,
+                            drop=drop, traffic=count)
+    for cid, reason in aborted.items():
+        fed.clients[cid].abort_round()
+        fed.clients[cid].log.status.append(f"aborted: {reason}")
+    progress(f"round {rnd}: server forms the consensus")
     broadcast = fed.server.close_uploads()                                      # 7. consensus
     if broadcast is None:
         for client in fed.clients.values():
             client.abort_round()
+            client.log.status.append(f"round aborted by the server: {fed.server.abort_reason}")
         return traffic
     nominations = {}
     for cid, client in fed.clients.items():                                     # 8–9. labels
-        if client.stage.stage is Stage.ABORTED:
+        if client.stage.stage is Stage.ABORTED or drop(cid, "consensus"):
+            client.abort_round()
             continue
-        traffic[cid]["down"] += len(broadcast)
+        count(cid, "consensus", "down", len(broadcast))
         nom = client.on_consensus(broadcast)
         if nom is not None:
-            traffic[cid]["up"] += len(nom)
+            count(cid, "nomination", "up", len(nom))
             nominations[cid] = nom
     if fed.cfg.consensus.selection == "shared":
         labels = fed.server.choose_labels(nominations)
         for cid in nominations:
-            traffic[cid]["down"] += len(labels)
+            count(cid, "labels", "down", len(labels))
             fed.clients[cid].on_pseudo_labels(labels)
     fed.server.end_round()
     return traffic
 
 
-def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, int],
+def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, Any],
                 scores: dict[str, float], eval_seconds: float) -> dict[str, Any]:
     cfg, log = fed.cfg, client.log
     cons = fed.server.consensus if rnd > 0 else None
@@ -159,6 +189,8 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
         "round": rnd, "client": client.id, "model": client.ccfg.model.name,
         "architecture": client.architecture, "lora_parameters": client.lora_parameters,
         "bytes_up": traffic["up"], "bytes_down": traffic["down"],
+        "bytes_by_stage": traffic.get("stages", {}),
+        "backend": cfg.aggregation.backend,
         "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
         "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
         "eval_seconds": eval_seconds,
@@ -175,6 +207,11 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
         "clip_factor": log.clip_factor if rnd > 0 else None,
         "upload_rejected": fed.server.result.rejected.get(client.id)
         if rnd > 0 and fed.server.result else None,
+        "counted": client.id in fed.server.result.contributors
+        if rnd > 0 and fed.server.result else False,
+        "dropped": list(fed.server.result.dropped) if rnd > 0 and fed.server.result else [],
+        "round_aborted": fed.server.abort_reason if rnd > 0 else None,
+        "aggregation": log.aggregation if rnd > 0 else {},
         "epsilon_record": fed.ledger.spent(client.id, "record", delta=rd),
         "epsilon_client": fed.ledger.spent(client.id, "client", delta=cd),
         "status": log.status if rnd > 0 else ["before training"],
@@ -183,7 +220,7 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, in
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def evaluate_all(fed: Federation, rnd: int, traffic: dict[str, dict[str, int]],
+def evaluate_all(fed: Federation, rnd: int, traffic: Traffic,
                  progress: Progress) -> list[dict[str, Any]]:
     rows = []
     ev = fed.cfg.evaluation
@@ -214,7 +251,7 @@ def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True) -> Path:
             for r in rows:
                 fh.write(json.dumps(r) + "\n")
 
-    zero = {cid: {"up": 0, "down": 0} for cid in fed.clients}
+    zero: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
     bars.start("round 0 (before training)", len(fed.clients))
     if cfg.evaluation.enabled and cfg.evaluation.before_training:
         emit(evaluate_all(fed, 0, zero, bars))

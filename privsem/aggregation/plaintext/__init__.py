@@ -1,49 +1,87 @@
 """The plaintext back-end: no protection; the server sees every client's noisy matrix.
 
 For baselines and trusted-server set-ups. The client-level guarantee still holds against the
-server because each client adds the full noise locally. Uploads are validated at the boundary:
-a frame that fails to decode, belongs to another session or round, comes from outside the
-cohort, has the wrong shape or non-finite values is excluded with a reason (T30); a retransmit
-of the same payload is counted once and a conflicting second payload is rejected (T10).
+server because each client adds the full Gaussian noise locally (placement ``local`` only).
+Uploads are validated at the boundary: a frame that fails to decode, belongs to another session
+or round, comes from outside the cohort, has the wrong shape or non-finite values is excluded
+with a reason (T30); a retransmit of the same payload is counted once and a conflicting second
+payload is rejected (T10).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+from dp_accounting import dp_event as ev
 
 from privsem.aggregation.base import (
     AggregateResult,
     AggregationBackend,
     ClientAggregator,
+    ClientContext,
+    NoisePlan,
     ServerAggregator,
     register,
 )
-from privsem.errors import MessageError
+from privsem.errors import MessageError, ProtocolAbort
+from privsem.privacy.analysis import gaussian_event
 from privsem.protocol.messages import EmbeddingUpload, RoundSpec, decode, encode
+
+STAGE = "upload"
+
+
+def _noise(spec: RoundSpec) -> tuple[float, float]:
+    p = spec.params.get("aggregation", {})
+    try:
+        return float(p["noise_multiplier"]), float(p["clip"])
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolAbort("plaintext: round parameters lack noise_multiplier/clip") from None
 
 
 class _Client(ClientAggregator):
-    def __init__(self, spec: RoundSpec, client_id: str) -> None:
-        self.spec, self.client_id = spec, client_id
+    mechanism = "embedding_gaussian"
 
-    def contribute(self, matrix: np.ndarray, *, noise_std: float) -> bytes:
-        return encode(EmbeddingUpload(session_id=self.spec.session_id, round=self.spec.round,
-                                      client=self.client_id, noise_std=float(noise_std),
-                                      matrix=np.asarray(matrix, dtype=np.float32)))
+    def __init__(self, ctx: ClientContext) -> None:
+        self.ctx = ctx
+        self.z, self.clip = _noise(ctx.spec)
+        self.stats: dict[str, Any] = {"noise_std": self.z * self.clip}
+
+    def release_event(self) -> tuple[ev.DpEvent, dict[str, Any]]:
+        return gaussian_event(noise_multiplier=self.z), {
+            "noise_multiplier": self.z, "clip": self.clip, "noise_std": self.z * self.clip}
+
+    def start(self, clipped: np.ndarray) -> bytes:
+        noisy = clipped + self.ctx.randomness.gaussian(clipped.shape, self.z * self.clip)
+        s = self.ctx.spec
+        return encode(EmbeddingUpload(session_id=s.session_id, round=s.round,
+                                      client=self.ctx.client_id, noise_std=self.z * self.clip,
+                                      matrix=noisy.astype(np.float32)))
+
+    def respond(self, request: bytes) -> bytes | None:
+        raise ProtocolAbort(f"client {self.ctx.client_id}: the plaintext back-end has no "
+                            "further stages")
 
 
 class _Server(ServerAggregator):
+    stage = STAGE
+
     def __init__(self, spec: RoundSpec) -> None:
         self.spec = spec
         self._uploads: dict[str, EmbeddingUpload] = {}
         self._raw: dict[str, bytes] = {}
         self._rejected: dict[str, str] = {}
+        self._closed = False
 
     def _reject(self, client: str, reason: str) -> None:
         self._rejected[client] = reason
         self._uploads.pop(client, None)
 
     def receive(self, client: str, payload: bytes) -> None:
+        if self._closed:
+            self._rejected.setdefault(client, "upload after the stage closed")
+            return
         if client in self._raw:
             if self._raw[client] != payload:
                 self._reject(client, "conflicting second upload in one round")
@@ -69,6 +107,10 @@ class _Server(ServerAggregator):
         else:
             self._uploads[client] = up
 
+    def next_requests(self) -> dict[str, bytes]:
+        self._closed = True
+        return {}
+
     def finish(self) -> AggregateResult:
         members = tuple(c for c in self.spec.cohort if c in self._uploads)
         shape = (len(self.spec.prompt_ids), self.spec.dim)
@@ -80,7 +122,8 @@ class _Server(ServerAggregator):
         return AggregateResult(total=total, contributors=members, noise_variance=var,
                                individual={c: self._uploads[c].matrix.astype(np.float64)
                                            for c in members},
-                               rejected=dict(self._rejected))
+                               rejected=dict(self._rejected),
+                               dropped=tuple(c for c in self._rejected if c not in members))
 
 
 @register("plaintext")
@@ -88,8 +131,18 @@ class PlaintextBackend(AggregationBackend):
     name = "plaintext"
     reveals_individual = True
 
-    def client(self, spec: RoundSpec, client_id: str) -> ClientAggregator:
-        return _Client(spec, client_id)
+    def round_params(self, noise: NoisePlan, *, cohort_size: int, length: int,
+                     settings: Any) -> dict[str, Any]:
+        if noise.placement != "local":
+            raise ValueError("plaintext: only local noise placement is possible without secure "
+                             "aggregation")
+        return {"noise_multiplier": noise.noise_multiplier, "clip": noise.clip}
 
-    def server(self, spec: RoundSpec) -> ServerAggregator:
+    def planned_event(self, noise_multiplier: float, count: int) -> ev.DpEvent:
+        return gaussian_event(noise_multiplier=noise_multiplier, count=count)
+
+    def client(self, ctx: ClientContext) -> ClientAggregator:
+        return _Client(ctx)
+
+    def server(self, spec: RoundSpec, registry: Mapping[str, bytes]) -> ServerAggregator:
         return _Server(spec)
