@@ -148,3 +148,33 @@ def test_plaintext_robust_operators_run(tmp_path, operator):
     run_round(fed, 1, lambda s: None)
     assert fed.server.consensus is not None
     assert fed.server.consensus.points.shape == (4, 384)
+
+
+def test_masked_round_completes_from_survivors_when_a_client_drops(tmp_path):
+    """The main job's back-end in the real round: carol drops after sharing her keys; the
+    sum is over alice and bob, the ledger holds carol's charge (made before she sent
+    anything), and the run folder records the dropout and the bytes of every stage."""
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "evaluation.enabled=false"])
+    assert cfg.aggregation.backend == "masked"
+    fed = setup(cfg, tmp_path, lambda s: None)
+    traffic = run_round(fed, 1, lambda s: None, drop=lambda c, s: c == "carol" and s == "input")
+    res = fed.server.result
+    assert res is not None and res.contributors == ("alice", "bob")
+    assert res.dropped == ("carol",)
+    assert res.individual is None  # the server never sees one client's matrix
+    charged = {e.client for e in fed.ledger.entries if e.unit == "client"}
+    assert charged == {"alice", "bob", "carol"}
+    assert set(traffic["alice"]["stages"]) >= {"advertise", "share", "input", "consistency",
+                                               "unmask", "consensus"}
+    assert "unmask" not in traffic["carol"]["stages"]
+    assert fed.clients["carol"].stage.stage.value == "aborted"
+    assert fed.clients["alice"].stage.stage.value == "done"
+
+
+def test_masked_round_aborts_cleanly_below_the_minimum(tmp_path):
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "evaluation.enabled=false"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    run_round(fed, 1, lambda s: None, drop=lambda c, s: c != "alice" and s == "share")
+    assert fed.server.result is None
+    assert "below the minimum" in (fed.server.abort_reason or "")
+    assert all(c.stage.stage.value == "aborted" for c in fed.clients.values())

@@ -145,7 +145,8 @@ def run_exchanges(server: Collector,
     ``first`` holds the clients' first messages and ``respond[c]`` answers a request to client
     ``c``. ``drop(client, stage)`` simulates a client that goes silent before sending its
     message of ``stage``. ``traffic(client, stage, "up"|"down", n)`` counts bytes. A client
-    whose invariant fails aborts and goes silent; returns ``{client: reason}`` for those.
+    whose invariant fails aborts and goes silent; returns ``{client: reason}`` for those and
+    for the simulated dropouts.
     Raises ProtocolAbort when the server aborts the round.
     """
     from privsem.errors import ProtocolAbort
@@ -156,6 +157,7 @@ def run_exchanges(server: Collector,
     for c, frame in first.items():
         if drop(c, stage):
             live.discard(c)
+            aborted[c] = f"went silent before stage {stage} (simulated dropout)"
             continue
         if traffic:
             traffic(c, stage, "up", len(frame))
@@ -169,6 +171,7 @@ def run_exchanges(server: Collector,
                 traffic(c, stage, "down", len(req))
             if drop(c, stage):
                 live.discard(c)
+                aborted[c] = f"went silent in stage {stage} (simulated dropout)"
                 continue
             try:
                 resp = respond[c](req)

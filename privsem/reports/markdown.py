@@ -89,7 +89,18 @@ def write_report(out: Path, cfg: RunConfig, plan: PrivacyPlan, *, seconds: float
     else:
         L.append("- **Record level**: DP-SGD is OFF. Private data is used without record-level "
                  "protection beyond the client-level release.")
-    if cp.enabled:
+    masked = [e["detail"] for e in ledger if e.get("mechanism") == "embedding_discrete_gaussian"]
+    if cp.enabled and masked:
+        d = masked[-1]
+        L.append(f"- **Client level** (everything one client contributes): joint clip C="
+                 f"{plan.clip:.4f} on the ({plan.prompts} × d) matrix, fixed-point scale "
+                 f"{d['scale']:.0f}, then a **discrete Gaussian** on the integer lattice "
+                 f"(multiplier z={plan.embedding_noise_multiplier:.4f} on the integer "
+                 f"sensitivity {d['sensitivity_integer']:.4g}; σ={d['sigma_integer']:.4g} per "
+                 f"entry per client, {d['noise_shares']} share(s) make the full noise), "
+                 f"placement `{cp.placement}`, accounted in zCDP (ρ={d['rho']:.4f} per round), "
+                 f"target ε={cp.epsilon} at δ={cp.delta} over {cfg.rounds} rounds.")
+    elif cp.enabled:
         L.append(f"- **Client level** (everything one client contributes): joint clip C="
                  f"{plan.clip:.4f} on the ({plan.prompts} × d) matrix, Gaussian noise z="
                  f"{plan.embedding_noise_multiplier:.4f} (std {plan.embedding_noise_std:.4f} per "
@@ -108,15 +119,56 @@ def write_report(out: Path, cfg: RunConfig, plan: PrivacyPlan, *, seconds: float
         L.extend(f"- {e}" for e in refused)
         L.append("")
     L.append("## What each party saw\n")
+    shared = cfg.consensus.selection == "shared"
     if cfg.aggregation.backend == "plaintext":
         L.append("- **Server** (`plaintext` back-end): every contributing client's clipped and "
                  "noised embedding matrix, the sum, and the consensus"
-                 + (" plus the nominated texts (shared selection)." if
-                    cfg.consensus.selection == "shared" else "."))
+                 + (" plus the nominated texts (shared selection)." if shared else "."))
+    elif cfg.aggregation.backend == "masked":
+        m = cfg.aggregation.masked
+        L.append(
+            "- **Server** (`masked` back-end, pairwise masking with Shamir recovery, "
+            f"{m.modulus_bits}-bit modulus, `{m.graph}` graph"
+            + (", signed consistency round" if m.consistency_check else "") + "): each "
+            "client's per-round X25519 public keys and signature, share ciphertexts it cannot "
+            "open (ChaCha20-Poly1305 between clients), each client's masked vector (uniform "
+            f"mod 2^{m.modulus_bits}, alone indistinguishable from random), signatures over "
+            "the survivor list, and at unmasking one share per peer: of each survivor's "
+            "self-mask seed or of each dropped client's mask key, never both. From these it "
+            "learns **only the noisy sum over the survivors**, never one client's matrix"
+            + ("; then the nominated texts (shared selection)." if shared else "."))
+        per_round: dict[int, dict[str, Any]] = {}
+        for r in rows:
+            if r["round"] > 0:
+                pr = per_round.setdefault(r["round"], {"counted": [], "dropped": set(),
+                                                       "aborted": r.get("round_aborted")})
+                if r.get("counted"):
+                    pr["counted"].append(r["client"])
+                pr["dropped"].update(r.get("dropped") or [])
+        for rnd, pr in sorted(per_round.items()):
+            if pr["aborted"]:
+                L.append(f"  - round {rnd}: **aborted**, no aggregate released "
+                         f"({pr['aborted']})")
+            else:
+                L.append(f"  - round {rnd}: sum over {len(pr['counted'])} survivors "
+                         f"({', '.join(pr['counted'])}); dropped: "
+                         f"{', '.join(sorted(pr['dropped'])) or 'none'}")
     L.append("- **Other clients**: the consensus points and agreement per prompt"
              + (" and the chosen pseudo-label texts." if cfg.consensus.selection == "shared"
                 else "; pseudo-labels were chosen locally, so no text left any client."))
     L.append(f"- Ledger entries: {len(ledger)}.\n")
+    staged = [r for r in rows if r["round"] > 0 and r.get("bytes_by_stage")]
+    if staged:
+        stages = list(dict.fromkeys(k for r in staged for k in r["bytes_by_stage"]))
+        L.append("## Bytes per client per round, by stage\n")
+        L.append("Up / down, in bytes of serialised messages.\n")
+        L.append("| round | client | " + " | ".join(stages) + " |")
+        L.append("|" + "---|" * (len(stages) + 2))
+        for r in staged:
+            b = r["bytes_by_stage"]
+            L.append(f"| {r['round']} | {r['client']} | " + " | ".join(
+                f"{b[k]['up']:,} / {b[k]['down']:,}" if k in b else "–" for k in stages) + " |")
+        L.append("")
     p = out / "report.md"
     p.write_text("\n".join(L) + "\n", encoding="utf-8")
     return p
