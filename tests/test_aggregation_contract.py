@@ -3,7 +3,6 @@ T30): the same sum bit for bit on grid inputs, the same dropout behaviour, input
 
 import numpy as np
 import pytest
-
 from aggregation_harness import grid_inputs, make_round
 
 BACKENDS = ["plaintext", "masked"]

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import pytest
+from aggregation_harness import grid_inputs, make_round
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from aggregation_harness import grid_inputs, make_round
 from privsem.aggregation.masked.crypto import MaskExpander, keystream
 from privsem.aggregation.masked.encoding import (
     MaskingParams,
@@ -150,9 +150,8 @@ def test_T26_clients_refuse_to_unmask_when_fewer_than_the_noise_shares_survive()
     accounted: with fewer than m survivors, honest clients refuse to unmask."""
     import dataclasses
 
-    from privsem.protocol.messages import UnmaskRequest, decode, encode
-
     from privsem.config import MaskedConfig
+    from privsem.protocol.messages import UnmaskRequest, decode, encode
 
     r = make_round("masked", n=6, noise_multiplier=1.0, placement="distributed",
                    settings=MaskedConfig(consistency_check=False))
