@@ -68,9 +68,11 @@ def encode(msg: Any) -> bytes:
 
 def _span(meta: Any, body_len: int, what: str) -> tuple[int, int]:
     try:
-        off, n = int(meta[0]), int(meta[1])
-    except (TypeError, ValueError, IndexError, KeyError):
+        off, n = meta[0], meta[1]
+    except (TypeError, IndexError, KeyError):
         raise MessageError(f"decode: bad byte range for {what}") from None
+    if type(off) is not int or type(n) is not int:
+        raise MessageError(f"decode: bad byte range for {what}")
     if off < 0 or n < 0 or off + n > body_len:
         raise MessageError(f"decode: {what} lies outside the frame")
     return off, n
@@ -155,11 +157,18 @@ def decode(frame: bytes, registry: dict[str, Any], expected: Any = None) -> Any:
     covered: list[tuple[int, int]] = []
     for name, meta in arrays.items():
         try:
-            dt, shape = DTYPES[meta["dtype"]], tuple(int(s) for s in meta["shape"])
-        except (KeyError, TypeError, ValueError):
+            dt, raw_shape = DTYPES[meta["dtype"]], meta["shape"]
+        except (KeyError, TypeError):
             raise MessageError(f"decode {cls.TYPE}: bad array descriptor for {name}") from None
+        if not isinstance(raw_shape, list) or len(raw_shape) > 8 or not all(
+                type(s) is int and 0 <= s <= MAX_MESSAGE_BYTES for s in raw_shape):
+            raise MessageError(f"decode {cls.TYPE}: array {name} has an invalid shape")
+        shape = tuple(raw_shape)
         off, n = _span((meta.get("offset"), meta.get("nbytes")), len(body), f"array {name}")
-        if any(s < 0 for s in shape) or n != int(np.prod(shape)) * np.dtype(dt).itemsize:
+        size = 1
+        for s in shape:  # Python integers: no overflow (np.prod wraps at 2^64)
+            size *= s
+        if n != size * np.dtype(dt).itemsize:
             raise MessageError(f"decode {cls.TYPE}: array {name} size does not match its shape")
         raw[name] = np.frombuffer(body[off:off + n], dtype=dt).reshape(shape).copy()
         covered.append((off, n))

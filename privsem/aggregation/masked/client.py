@@ -137,6 +137,18 @@ class MaskedClient(ClientAggregator):
                                commitment=self._commit, signature=sig))
 
     def respond(self, request: bytes) -> bytes | None:
+        """Answers one request; after any failed check the client stays aborted for good."""
+        if self.stage in (MaskStage.ABORTED, MaskStage.DONE):
+            raise ProtocolAbort(f"client {self.me}: round already "
+                                f"{'aborted' if self.stage is MaskStage.ABORTED else 'done'}; "
+                                "nothing more is sent")
+        try:
+            return self._respond(request)
+        except ProtocolAbort:
+            self.stage = MaskStage.ABORTED  # respond() refuses everything from now on
+            raise
+
+    def _respond(self, request: bytes) -> bytes | None:
         try:
             msg = decode(request)
         except MessageError as e:
@@ -293,6 +305,13 @@ class MaskedClient(ClientAggregator):
         if bad:
             raise ProtocolAbort(f"unmask: client {me} excluded {bad}, yet they are listed as "
                                 "surviving")
+        # U3 ⊆ U2 (Bonawitz et al. 2017, round 4): a neighbour listed as surviving must be one
+        # this client masked with; otherwise its mask key, not its self-mask, would be asked
+        # for, and the server could unmask this client alone.
+        unmasked = [c for c in survivors if c in self._nbrs and c not in self._masked_with]
+        if unmasked:
+            raise ProtocolAbort(f"unmask: client {me} did not mask with {unmasked}, yet they are "
+                                "listed as surviving")
 
     # ------------------------------------------------------------------ stage 4: unmask
     def _on_unmask(self, msg: UnmaskRequest) -> bytes:
@@ -313,6 +332,11 @@ class MaskedClient(ClientAggregator):
         unknown = [c for c in msg.dropped if c not in self._roster]
         if unknown:
             raise ProtocolAbort(f"unmask: dropped clients {unknown} are not in the roster")
+        unlisted = [c for c in self._masked_with if c not in msg.survivors and c not in
+                    msg.dropped]
+        if unlisted:
+            raise ProtocolAbort(f"unmask: peers {sorted(unlisted)} that client {me} masked with "
+                                "are listed neither as surviving nor as dropped")
         if p.consistency_check:
             if tuple(sorted(msg.survivors)) != self._signed:
                 raise ProtocolAbort(f"unmask: client {me} signed a different survivor list")

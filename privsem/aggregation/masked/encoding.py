@@ -201,5 +201,7 @@ def decode_sum(words: np.ndarray, params: MaskingParams) -> np.ndarray:
     if params.modulus_bits == 64:
         return v.view(np.int64).copy()
     signed = v.astype(np.int64)
-    signed[signed >= half] -= params.modulus
+    neg = signed >= half
+    signed[neg] -= half  # two steps of M/2: M itself may not fit in int64 (b = 63)
+    signed[neg] -= half
     return signed

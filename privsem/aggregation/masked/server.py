@@ -75,6 +75,7 @@ class MaskedServer(ServerAggregator):
         self._keys: dict[str, MaskKeys] = {}
         self._graph: dict[str, frozenset[str]] = {}
         self._shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> ciphertext
+        self._u2: tuple[str, ...] = ()  # clients whose shares were delivered (fixed at SHARE)
         self._inputs: dict[str, MaskedInput] = {}
         self._survivors: tuple[str, ...] = ()
         self._dropped: tuple[str, ...] = ()
@@ -107,7 +108,7 @@ class MaskedServer(ServerAggregator):
         if client in self._raw:  # T10: a retransmit counts once; a different payload is refused
             if self._raw[client] != payload:
                 self._reject(client, "conflicting second message in one stage")
-                self._forget(client)
+                self._forget_stage_message(client)
             return
         self._raw[client] = payload
         try:
@@ -133,9 +134,16 @@ class MaskedServer(ServerAggregator):
             return f"message from {getattr(msg, 'client', None)!r} is not from a cohort member"
         return None
 
-    def _forget(self, client: str) -> None:
-        for store in (self._keys, self._shares, self._inputs, self._sigs, self._unmask):
-            store.pop(client, None)  # type: ignore[attr-defined]
+    def _forget_stage_message(self, client: str) -> None:
+        """Drops the client's message of the current stage only; what it sent in earlier
+        stages (its keys, the shares its neighbours hold) is still needed to unmask the
+        others."""
+        store: dict[str, Any] | None = {
+            MaskStage.ADVERTISE: self._keys, MaskStage.SHARE: self._shares,
+            MaskStage.INPUT: self._inputs, MaskStage.CONSISTENCY: self._sigs,
+            MaskStage.UNMASK: self._unmask}.get(self._stage)
+        if store is not None:
+            store.pop(client, None)
 
     def _take_keys(self, client: str, msg: Any) -> str | None:
         if not isinstance(msg, MaskKeys):
@@ -236,6 +244,7 @@ class MaskedServer(ServerAggregator):
         if self._stage is MaskStage.SHARE:
             u2 = self._counted(self._shares)
             self._need(u2, "sent their shares")
+            self._u2 = tuple(u2)
             out = {}
             for c in u2:
                 senders = tuple(j for j in u2 if j in self._graph[c])
@@ -245,7 +254,9 @@ class MaskedServer(ServerAggregator):
             self._advance(MaskStage.INPUT)
             return out
         if self._stage is MaskStage.INPUT:
-            u2 = self._counted(self._shares)
+            # Dropped = U2 − U3 with U2 as delivered: a client whose masked input was rejected
+            # on arrival is dropped like one that never sent it, so its masks are removed.
+            u2 = list(self._u2)
             arrived = self._counted(self._inputs)
             excluded = {j for c in arrived for j in self._inputs[c].excluded}
             for j in excluded:
