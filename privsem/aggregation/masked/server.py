@@ -138,10 +138,11 @@ class MaskedServer(ServerAggregator):
         """Drops the client's message of the current stage only; what it sent in earlier
         stages (its keys, the shares its neighbours hold) is still needed to unmask the
         others."""
-        store: dict[str, Any] | None = {
+        stores: dict[MaskStage, dict[str, Any]] = {
             MaskStage.ADVERTISE: self._keys, MaskStage.SHARE: self._shares,
             MaskStage.INPUT: self._inputs, MaskStage.CONSISTENCY: self._sigs,
-            MaskStage.UNMASK: self._unmask}.get(self._stage)
+            MaskStage.UNMASK: self._unmask}
+        store = stores.get(self._stage)
         if store is not None:
             store.pop(client, None)
 
