@@ -185,43 +185,50 @@ def keystream(key: bytes, nbytes: int) -> bytes:
     return enc.update(bytes(nbytes)) + enc.finalize()
 
 
+CHUNK_WORDS = 16384  # 64 KiB of uint32 (128 KiB of uint64): stays in cache between key and add
+_ZERO_BLOCK = bytes(CHUNK_WORDS * 8)
+
+
 class MaskExpander:
     """Expands 256-bit keys into masks mod 2^bits and accumulates them in place.
 
-    One zero buffer is reused as the plaintext of every keystream, and ``update_into`` writes
-    the keystream straight into a preallocated word array, so masking costs one AES-CTR pass
-    plus one vector add per key.
+    The keystream is produced in chunks of :data:`CHUNK_WORDS` words into one small reused
+    buffer (``update_into`` from a shared zero block) and added to the accumulator while the
+    chunk is still in cache, so masking costs one AES-CTR pass plus one in-cache add per key,
+    with no allocation that grows with the vector.
     """
 
     def __init__(self, length: int, bits: int) -> None:
         self.length, self.bits = length, bits
         self.dtype = word_dtype(bits)
         self.modulus_mask = self.dtype((1 << bits) - 1)
-        width = np.dtype(self.dtype).itemsize
-        self._zeros = bytes(length * width)
-        self._out = bytearray(length * width + 15)  # update_into needs block_size - 1 spare
-        self._words = np.frombuffer(memoryview(self._out)[:length * width], dtype=self.dtype)
+        self._width = np.dtype(self.dtype).itemsize
+        self._out = bytearray(CHUNK_WORDS * self._width + 15)  # update_into needs 15 spare
+        self._words = np.frombuffer(memoryview(self._out)[:CHUNK_WORDS * self._width],
+                                    dtype=self.dtype)
 
     def mask(self, key: bytes) -> np.ndarray:
         """A fresh array: the mask of ``key``, uniform on [0, 2^bits)."""
-        return self._expand(key).copy()
-
-    def _expand(self, key: bytes) -> np.ndarray:
-        if len(key) != KEY_BYTES:
-            raise ValueError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
-        enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-        enc.update_into(self._zeros, self._out)
-        if self.bits not in (32, 64):
-            np.bitwise_and(self._words, self.modulus_mask, out=self._words)
-        return self._words
+        acc = np.zeros(self.length, dtype=self.dtype)
+        self.add(acc, key, +1)
+        return acc
 
     def add(self, acc: np.ndarray, key: bytes, sign: int) -> None:
         """``acc += sign · mask(key)`` mod 2^bits, in place (``acc`` has ``self.dtype``)."""
-        words = self._expand(key)
-        if sign > 0:
-            np.add(acc, words, out=acc)
-        else:
-            np.subtract(acc, words, out=acc)
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"mask key must be {KEY_BYTES} bytes, got {len(key)}")
+        if acc.dtype != self.dtype or acc.shape != (self.length,):
+            raise ValueError(f"mask accumulator must be {np.dtype(self.dtype)}({self.length},)")
+        enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        op = np.add if sign > 0 else np.subtract
+        zeros = memoryview(_ZERO_BLOCK)
+        for lo in range(0, self.length, CHUNK_WORDS):
+            hi = min(lo + CHUNK_WORDS, self.length)
+            enc.update_into(zeros[:(hi - lo) * self._width], self._out)
+            words = self._words[:hi - lo]
+            if self.bits not in (32, 64):
+                np.bitwise_and(words, self.modulus_mask, out=words)
+            op(acc[lo:hi], words, out=acc[lo:hi])
 
     def reduce(self, acc: np.ndarray) -> None:
         if self.bits not in (32, 64):
