@@ -153,3 +153,62 @@ def test_T30_bad_matrices_are_refused_before_anything_is_sent(backend):
         r.server.receive("c000", client.start(bad))
         r.server.next_requests()
         assert "non-finite" in r.server.finish().rejected["c000"]
+
+
+def test_T2_T3_sparse_harary_graph_with_drops_at_every_stage_is_exact():
+    """SecAgg+: each client masks with and shares among its k neighbours only (k < n − 1)."""
+    from privsem.protocol.messages import MaskRoster, UnmaskRequest, decode
+
+    r = make_round("masked", n=40, prompts=2, dim=4)
+    k = r.params["degree"]
+    assert k < 39 and k % 2 == 0
+    inputs = grid_inputs(r, seed=11)
+    r.start(inputs)
+    plan = {"c001": "advertise", "c007": "share", "c013": "input", "c021": "consistency",
+            "c033": "unmask"}
+    seen: dict[str, list] = {"roster": [], "unmask": []}
+    real = {c: a.respond for c, a in r.clients.items()}
+
+    def spy(c):
+        def respond(req):
+            msg = decode(req)
+            if isinstance(msg, MaskRoster):
+                seen["roster"].append(len(msg.clients))
+            if isinstance(msg, UnmaskRequest):
+                seen["unmask"].append(len(msg.signers))
+            return real[c](req)
+        return respond
+
+    from privsem.aggregation import run_exchanges
+    run_exchanges(r.server, {c: spy(c) for c in r.clients}, r.first,
+                  drop=lambda c, s: plan.get(c) == s)
+    res = r.server.finish()
+    assert set(res.contributors) == set(r.spec.cohort) - {"c001", "c007", "c013"}
+    assert np.array_equal(res.total, _sum(inputs, res.contributors))
+    assert max(seen["roster"]) <= k + 1  # a client receives only its neighbours' keys
+    assert max(seen["unmask"]) < 39  # and only its two-hop neighbourhood's signatures
+
+
+def test_T11_roster_entry_outside_the_neighbourhood_is_refused():
+    import dataclasses
+
+    from privsem.errors import ProtocolAbort
+    from privsem.protocol.messages import MaskRoster, decode, encode
+
+    r = make_round("masked", n=40, prompts=2, dim=4)
+    r.start(grid_inputs(r))
+    for c, f in r.first.items():
+        r.server.receive(c, f)
+    reqs = r.server.next_requests()
+    mine = decode(reqs["c000"])
+    assert isinstance(mine, MaskRoster)
+    stranger = next(c for c in r.spec.cohort if c not in mine.clients)
+    theirs = decode(reqs[stranger])
+    i = theirs.clients.index(stranger)
+    forged = dataclasses.replace(
+        mine, clients=(*mine.clients, stranger), enc_pks=(*mine.enc_pks, theirs.enc_pks[i]),
+        mask_pks=(*mine.mask_pks, theirs.mask_pks[i]),
+        commitments=(*mine.commitments, theirs.commitments[i]),
+        signatures=(*mine.signatures, theirs.signatures[i]))
+    with pytest.raises(ProtocolAbort, match="which is not a neighbour"):
+        r.clients["c000"].respond(encode(forged))

@@ -229,7 +229,8 @@ def test_T6_too_few_signatures_and_malformed_signature_lists():
     r, sigs = _forked_views({"c000": L1, "c002": L1, "c003": L1})
     client = r.clients["c000"]
     _refuses(client, _unmask_req(r, L1, ("c004",), ("c000", "c002"), sigs),
-             "2 signatures, below the minimum 3", MaskStage.CONSISTENCY)
+             "2 signatures from the share holders of c000, below the threshold 3",
+             MaskStage.CONSISTENCY)
     full = decode(_unmask_req(r, L1, ("c004",), ("c000", "c002", "c003"), sigs))
     _refuses(client, encode(replace(full, signers=("c000", "c002", "c002"))),
              "malformed signature list", MaskStage.CONSISTENCY)
@@ -254,7 +255,8 @@ def test_T6_forked_views_never_yield_both_shares_of_a_peer():
         except ProtocolAbort as e:
             refused[c] = str(e)
     assert set(refused) == {"c002", "c004"}
-    assert all("2 signatures, below the minimum 3" in m for m in refused.values())
+    assert all("signatures from the share holders of" in m and "below the threshold 3" in m
+               for m in refused.values())
     revealed = {(p, k) for m in answers for p, k in zip(m.peers, m.kinds)}
     assert not any((p, masked_client.SELF_MASK) in revealed and
                    (p, masked_client.MASK_KEY) in revealed for p in r.spec.cohort)

@@ -31,7 +31,7 @@ from privsem.aggregation.masked.crypto import (
     verify,
 )
 from privsem.aggregation.masked.encoding import MaskingParams, encode_matrix
-from privsem.aggregation.masked.graph import masking_graph
+from privsem.aggregation.masked.graph import neighbours
 from privsem.errors import MessageError, ProtocolAbort
 from privsem.protocol.messages import (
     MaskedInput,
@@ -100,7 +100,10 @@ class MaskedClient(ClientAggregator):
         self._commit = self_mask_commitment(self.sid, self.me, self._seed.reveal())
         self._words: np.ndarray | None = None
         self._roster: dict[str, tuple[bytes, bytes, bytes]] = {}
-        self._nbrs: frozenset[str] = frozenset()
+        # The graph is fixed by the cohort and the session id (SecAgg+): every party computes
+        # it; the roster brings only this client's neighbours' keys.
+        self._graph = neighbours(ctx.spec.cohort, self.p.degree, self.sid)
+        self._nbrs: frozenset[str] = frozenset()  # neighbours whose keys arrived
         self._held: dict[str, tuple[bytes, bytes]] = {}  # peer -> (self-mask share, key share)
         self._masked_with: frozenset[str] = frozenset()
         self._excluded: tuple[str, ...] = ()
@@ -182,10 +185,15 @@ class MaskedClient(ClientAggregator):
             if c not in cohort or c not in self.ctx.registry:
                 raise ProtocolAbort(f"client {me}: roster lists {c!r}, which is not a registered "
                                     "member of the cohort (Sybil)")
-        if n < p.min_survivors:
+            if c != me and c not in self._graph[me]:
+                raise ProtocolAbort(f"client {me}: roster lists {c!r}, which is not a neighbour")
+        # With the complete graph the roster is the whole round: at least min_survivors. With
+        # a sparse graph it is the neighbourhood: at least t, or no secret could be recovered.
+        need = p.min_survivors if p.degree == len(cohort) - 1 else p.threshold
+        if n < need:
             raise ProtocolAbort(f"client {me}: roster has {n} registered clients, fewer than "
-                                f"the minimum {p.min_survivors}")
-        if msg.clients.count(me) != 1:
+                                f"the minimum {need}")
+        if me not in msg.clients:
             raise ProtocolAbort(f"client {me}: own key missing from the roster")
         keys = [*msg.enc_pks, *msg.mask_pks]
         if any(len(k) != KEY_BYTES for k in keys):
@@ -202,7 +210,7 @@ class MaskedClient(ClientAggregator):
                 raise ProtocolAbort(f"client {me}: keys of {c} are not signed by its registered "
                                     "identity")
             self._roster[c] = (e, m, cm)
-        self._nbrs = masking_graph(msg.clients, p.degree, self.sid)[me]
+        self._nbrs = frozenset(c for c in msg.clients if c != me)
         holders = sorted(self._nbrs | {me})
         if len(holders) < p.threshold:
             raise ProtocolAbort(f"client {me}: {len(holders)} share holders, below the "
@@ -295,9 +303,9 @@ class MaskedClient(ClientAggregator):
             raise ProtocolAbort(f"unmask: client {me} sees a survivor listed twice")
         if me not in survivors:
             raise ProtocolAbort(f"unmask: client {me} is not among the survivors")
-        unknown = [c for c in survivors if c not in self._roster]
+        unknown = [c for c in survivors if c not in self.spec.cohort]
         if unknown:
-            raise ProtocolAbort(f"unmask: survivors {unknown} are not in the roster")
+            raise ProtocolAbort(f"unmask: survivors {unknown} are not in the cohort")
         if len(survivors) < self.p.min_survivors:
             raise ProtocolAbort(f"unmask: {len(survivors)} survivors, below the minimum "
                                 f"{self.p.min_survivors} (the noise of the sum would be short)")
@@ -308,7 +316,7 @@ class MaskedClient(ClientAggregator):
         # U3 ⊆ U2 (Bonawitz et al. 2017, round 4): a neighbour listed as surviving must be one
         # this client masked with; otherwise its mask key, not its self-mask, would be asked
         # for, and the server could unmask this client alone.
-        unmasked = [c for c in survivors if c in self._nbrs and c not in self._masked_with]
+        unmasked = [c for c in survivors if c in self._graph[me] and c not in self._masked_with]
         if unmasked:
             raise ProtocolAbort(f"unmask: client {me} did not mask with {unmasked}, yet they are "
                                 "listed as surviving")
@@ -329,9 +337,9 @@ class MaskedClient(ClientAggregator):
         if me in msg.dropped:
             raise ProtocolAbort(f"unmask: client {me} is listed as dropped")
         self._check_survivors(msg.survivors)
-        unknown = [c for c in msg.dropped if c not in self._roster]
+        unknown = [c for c in msg.dropped if c not in self.spec.cohort]
         if unknown:
-            raise ProtocolAbort(f"unmask: dropped clients {unknown} are not in the roster")
+            raise ProtocolAbort(f"unmask: dropped clients {unknown} are not in the cohort")
         unlisted = [c for c in self._masked_with if c not in msg.survivors and c not in
                     msg.dropped]
         if unlisted:
@@ -343,14 +351,7 @@ class MaskedClient(ClientAggregator):
             if len(msg.signers) != len(msg.signatures) or len(set(msg.signers)) != len(
                     msg.signers):
                 raise ProtocolAbort("unmask: malformed signature list")
-            if len(msg.signers) < p.min_survivors:
-                raise ProtocolAbort(f"unmask: {len(msg.signers)} signatures, below the minimum "
-                                    f"{p.min_survivors}")
-            text = survivors_transcript(self.sid, msg.survivors)
-            for c, s in zip(msg.signers, msg.signatures):
-                if c not in msg.survivors or not verify(self.ctx.registry.get(c, b""), s, text):
-                    raise ProtocolAbort(f"unmask: {c} did not sign this survivor list "
-                                        "(inconsistent views of who dropped)")
+            self._check_signatures(msg)
         peers, kinds, shares = [], [], []
         for j, (seed_share, key_share) in sorted(self._held.items()):
             if j in msg.survivors:
@@ -365,6 +366,33 @@ class MaskedClient(ClientAggregator):
         self._held.clear()
         return encode(UnmaskShares(session_id=self.sid, round=self.spec.round, client=me,
                                    peers=tuple(peers), kinds=tuple(kinds), shares=tuple(shares)))
+
+    def _check_signatures(self, msg: UnmaskRequest) -> None:
+        """Before revealing a share of peer j, at least t of j's share holders must have
+        signed the survivor list this client signed (Bonawitz et al. 2017, round 4, per
+        neighbourhood as in SecAgg+). Honest holders sign once, and 2t > holders, so two
+        different views of j's fate cannot both pass: j's self-mask and mask key are never
+        both revealed. Only signatures of holders of this client's peers are checked:
+        O(degree²) at most, independent of n."""
+        text = survivors_transcript(self.sid, msg.survivors)
+        relevant: set[str] = set()
+        for j in self._held:
+            relevant |= self._graph[j] | {j}
+        valid = set()
+        for c, sig in zip(msg.signers, msg.signatures):
+            if c not in relevant:
+                continue
+            if c not in msg.survivors or not verify(self.ctx.registry.get(c, b""), sig, text):
+                raise ProtocolAbort(f"unmask: {c} did not sign this survivor list "
+                                    "(inconsistent views of who dropped)")
+            valid.add(c)
+        for j in sorted(self._held):
+            if j not in msg.survivors and j not in msg.dropped:
+                continue
+            got = len(valid & (self._graph[j] | {j}))
+            if got < self.p.threshold:
+                raise ProtocolAbort(f"unmask: {got} signatures from the share holders of {j}, "
+                                    f"below the threshold {self.p.threshold}")
 
 
 def _untranscript(data: bytes) -> list[bytes]:

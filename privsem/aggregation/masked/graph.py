@@ -40,11 +40,3 @@ def neighbours(clients: Sequence[str], degree: int, session_id: str) -> dict[str
             out[c].update((a, b))
     return {c: frozenset(v) for c, v in out.items()}
 
-
-def masking_graph(roster: Sequence[str], degree: int, session_id: str
-                  ) -> dict[str, frozenset[str]]:
-    """The graph of a round over the clients whose keys are in the roster: ``degree`` as
-    planned, or complete when fewer clients remain than the degree needs."""
-    if len(roster) < 2:
-        return {c: frozenset() for c in roster}
-    return neighbours(roster, min(degree, len(roster) - 1), session_id)

@@ -40,7 +40,7 @@ from privsem.aggregation.masked.crypto import (
     word_dtype,
 )
 from privsem.aggregation.masked.encoding import decode_sum
-from privsem.aggregation.masked.graph import masking_graph
+from privsem.aggregation.masked.graph import neighbours
 from privsem.errors import MessageError, ProtocolAbort
 from privsem.protocol.messages import (
     MASK_TRANSITIONS,
@@ -73,7 +73,8 @@ class MaskedServer(ServerAggregator):
         self.rejected: dict[str, str] = {}
         self.live: dict[str, int] = {}  # stage -> clients counted
         self._keys: dict[str, MaskKeys] = {}
-        self._graph: dict[str, frozenset[str]] = {}
+        self._graph = neighbours(spec.cohort, self.p.degree, self.sid)
+        self._u1: frozenset[str] = frozenset()
         self._shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> ciphertext
         self._u2: tuple[str, ...] = ()  # clients whose shares were delivered (fixed at SHARE)
         self._inputs: dict[str, MaskedInput] = {}
@@ -166,7 +167,7 @@ class MaskedServer(ServerAggregator):
             return f"expected mask_shares, got {msg.TYPE}"
         if client not in self._keys:
             return "shares from a client that advertised no keys"
-        want = self._graph[client]
+        want = self._graph[client] & self._u1
         if len(msg.recipients) != len(msg.ciphertexts) or set(msg.recipients) != want or len(
                 set(msg.recipients)) != len(msg.recipients):
             return "shares are not addressed to exactly the client's neighbours"
@@ -234,14 +235,18 @@ class MaskedServer(ServerAggregator):
         if self._stage is MaskStage.ADVERTISE:
             u1 = self._counted(self._keys)
             self._need(u1, "advertised keys")
-            self._graph = masking_graph(u1, self.p.degree, s)
-            k = [self._keys[c] for c in u1]
-            roster = encode(MaskRoster(
-                session_id=s, round=r, clients=tuple(u1), enc_pks=tuple(m.enc_pk for m in k),
-                mask_pks=tuple(m.mask_pk for m in k), commitments=tuple(m.commitment for m in k),
-                signatures=tuple(m.signature for m in k)))
+            self._u1 = frozenset(u1)
+            out = {}
+            for c in u1:  # each client gets its own and its live neighbours' keys only
+                ids = tuple(x for x in u1 if x == c or x in self._graph[c])
+                k = [self._keys[x] for x in ids]
+                out[c] = encode(MaskRoster(
+                    session_id=s, round=r, clients=ids, enc_pks=tuple(m.enc_pk for m in k),
+                    mask_pks=tuple(m.mask_pk for m in k),
+                    commitments=tuple(m.commitment for m in k),
+                    signatures=tuple(m.signature for m in k)))
             self._advance(MaskStage.SHARE)
-            return {c: roster for c in u1}
+            return out
         if self._stage is MaskStage.SHARE:
             u2 = self._counted(self._shares)
             self._need(u2, "sent their shares")
@@ -283,12 +288,22 @@ class MaskedServer(ServerAggregator):
 
     def _unmask_requests(self, signers: tuple[str, ...], sigs: tuple[bytes, ...]
                          ) -> dict[str, bytes]:
-        msg = encode(UnmaskRequest(session_id=self.sid, round=self.spec.round,
-                                   survivors=self._survivors, dropped=self._dropped,
-                                   signers=signers, signatures=sigs))
-        self._advance(MaskStage.UNMASK)
+        """Each client gets the signatures of the share holders of its own peers (its
+        two-hop neighbourhood), which is all it checks: per-client cost independent of n."""
+        by_signer = dict(zip(signers, sigs))
         targets = signers if self.p.consistency_check else self._survivors
-        return {c: msg for c in targets}
+        out = {}
+        for c in targets:
+            near: set[str] = set()
+            for j in self._graph[c] | {c}:
+                near |= self._graph[j] | {j}
+            mine = tuple(x for x in signers if x in near)
+            out[c] = encode(UnmaskRequest(
+                session_id=self.sid, round=self.spec.round, survivors=self._survivors,
+                dropped=self._dropped, signers=mine,
+                signatures=tuple(by_signer[x] for x in mine)))
+        self._advance(MaskStage.UNMASK)
+        return out
 
     # ------------------------------------------------------------------ the sum
     def _collect(self, kind: str) -> dict[str, dict[int, bytes]]:
