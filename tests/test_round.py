@@ -33,9 +33,14 @@ def test_smoke_run_writes_the_four_files(tmp_path):
         assert r["epsilon_record"] == pytest.approx(8.0, abs=1e-3)
         assert r["epsilon_client"] == pytest.approx(8.0, abs=1e-3)
     ledger = _rows(out / "ledger.jsonl")
-    assert len(ledger) == 3 * 2 * 2  # clients × rounds × (dp_sgd, embedding)
+    # clients × rounds × (dp_sgd, embedding, zero-cost note of the noise present: T26)
+    assert len(ledger) == 3 * 2 * 3
+    assert sorted({e["mechanism"] for e in ledger}) == [
+        "dp_sgd", "embedding_discrete_gaussian", "noise_present"]
     report = (out / "report.md").read_text()
     assert "| 2 | alice | tiny-llama |" in report and "ε client" in report
+    assert "learns **only the noisy sum over the survivors**" in report
+    assert "round 2: sum over 3 survivors" in report
 
 
 def _strip(rows, keys):
@@ -150,7 +155,7 @@ def test_plaintext_robust_operators_run(tmp_path, operator):
     assert fed.server.consensus.points.shape == (4, 384)
 
 
-def test_masked_round_completes_from_survivors_when_a_client_drops(tmp_path):
+def test_T26_masked_round_completes_from_survivors_when_a_client_drops(tmp_path):
     """The main job's back-end in the real round: carol drops after sharing her keys; the
     sum is over alice and bob, the ledger holds carol's charge (made before she sent
     anything), and the run folder records the dropout and the bytes of every stage."""
@@ -162,8 +167,14 @@ def test_masked_round_completes_from_survivors_when_a_client_drops(tmp_path):
     assert res is not None and res.contributors == ("alice", "bob")
     assert res.dropped == ("carol",)
     assert res.individual is None  # the server never sees one client's matrix
-    charged = {e.client for e in fed.ledger.entries if e.unit == "client"}
+    charged = {e.client for e in fed.ledger.entries if e.mechanism.startswith("embedding")}
     assert charged == {"alice", "bob", "carol"}
+    # T26: the survivors note the noise actually present in the sum, at no cost in ε.
+    notes = [e for e in fed.ledger.entries if e.mechanism == "noise_present"]
+    assert {e.client for e in notes} == {"alice", "bob"}
+    assert all(e.detail["contributors"] == 2 and e.event == {"type": "no_op"} for e in notes)
+    assert fed.ledger.spent("alice", "client", delta=1e-5) == max(
+        e.epsilon_after for e in fed.ledger.entries if e.client == "alice" and e.unit == "client")
     assert set(traffic["alice"]["stages"]) >= {"advertise", "share", "input", "consistency",
                                                "unmask", "consensus"}
     assert "unmask" not in traffic["carol"]["stages"]

@@ -24,7 +24,11 @@ def test_real_round_on_smollm2_via_cli(tmp_path):
     assert all(r["contributors"] == 3 for r in r1)
     # a real instruct model answers in words: similarity to references is clearly positive
     assert all(r["own_similarity"] > 0.2 for r in r1)
-    assert (out / "report.md").read_text().count("| 1 |") == 3
+    report = (out / "report.md").read_text()
+    per_client = report.split("## Per client and round")[1].split("\n## ")[0]
+    assert per_client.count("| 1 |") == 3
+    per_stage = report.split("## Bytes per client per round, by stage")[1].split("\n## ")[0]
+    assert per_stage.count("| 1 |") == 3
 
 
 def test_cli_reports_config_errors_with_field(capsys):

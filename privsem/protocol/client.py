@@ -144,6 +144,7 @@ class Client:
         if msg.consensus.shape != (len(spec.prompt_ids), spec.dim) or msg.agreement.shape != (
                 len(spec.prompt_ids),):
             raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape}")
+        self._record_noise_present(spec, msg)
         if self._cand_emb is None:
             raise ProtocolAbort(f"client {self.id}: consensus before candidates were generated")
         choice = select_nearest(self._cand_emb, msg.consensus.astype(np.float64), msg.agreement,
@@ -302,6 +303,25 @@ class Client:
         self.log.aggregation = dict(agg.stats)
         self.log.status.append("uploaded")
         return first
+
+    def _record_noise_present(self, spec: RoundSpec, msg: ConsensusBroadcast) -> None:
+        """T26: after the release, a zero-cost ledger note of the noise the sum actually
+        carried (the round's charge assumed the minimum the protocol enforces)."""
+        if self._agg is None:
+            return
+        _, detail = self._agg.release_event()
+        shares = detail.get("noise_shares", 1)
+        n = len(msg.contributors)
+        self.ledger.charge(
+            client=self.id, round=spec.round, unit="client", mechanism="noise_present",
+            event=ev.NoOpDpEvent(), delta=self.cfg.privacy.client.delta,
+            budget=self.plan.client_budget,
+            detail={"contributors": n, "counted": self.id in msg.contributors,
+                    "placement": detail.get("placement", "local"),
+                    "noise_shares_accounted": shares,
+                    "noise_variance_present_over_accounted": n / shares
+                    if detail.get("placement") == "distributed" else float(n),
+                    "consensus_noise_std": msg.noise_std_of_consensus})
 
     def _set_labels(self, texts: list[str | None]) -> None:
         self.pseudo_labels = [Example(messages=(("user", p.text),), response=t)
