@@ -13,14 +13,33 @@ from privsem.errors import PrivsemError
 
 def _run(args: argparse.Namespace) -> int:
     from privsem.config import load_config
-
-    preset = args.preset if (args.preset or args.config) else "demo"
-    cfg = load_config(args.config, preset=None if args.config else preset,
-                      overrides=args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
     from privsem.runtime.inprocess import run
 
-    run(cfg, out, show_progress=not args.quiet)
+    if args.resume:
+        if args.config or args.preset or args.set or args.out:
+            print("privsem run --resume RUN_DIR takes the run's own config.yaml; drop the config, "
+                  "--preset, --set and --out arguments", file=sys.stderr)
+            return 2
+        out = Path(args.resume)
+        if not (out / "config.yaml").exists():
+            print(f"{out}: no config.yaml; is this a run folder?", file=sys.stderr)
+            return 2
+        cfg = load_config(str(out / "config.yaml"))
+        run(cfg, out, show_progress=not args.quiet, resume=True)
+    else:
+        preset = args.preset if (args.preset or args.config) else "demo"
+        cfg = load_config(args.config, preset=None if args.config else preset,
+                          overrides=args.set or [])
+        if args.out:
+            out = Path(args.out)
+        else:  # runs/NAME, or the first runs/NAME-k not holding a run: nothing is overwritten
+            from privsem.runtime.inprocess import in_use
+
+            out, k = Path("runs") / cfg.name, 1
+            while in_use(out):
+                k += 1
+                out = Path("runs") / f"{cfg.name}-{k}"
+        run(cfg, out, show_progress=not args.quiet)
     print(f"run folder: {out}")
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "report.md"):
         print(f"  {out / name}")
@@ -39,6 +58,14 @@ def _demo_data(args: argparse.Namespace) -> int:
     from privsem.data import demo
 
     for p in demo.write(args.dir):
+        print(p)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from privsem.reports.write import write_reports
+
+    for p in write_reports(args.run_dir):
         print(p)
     return 0
 
@@ -70,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="run folder (default runs/NAME)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field, e.g. --set privacy.client.epsilon=4")
+    r.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run after its last completed round")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=_run)
     m = sub.add_parser("models", help="list built-in model names")
@@ -77,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo-data", help="write the demo federation's files to DIR")
     d.add_argument("dir")
     d.set_defaults(fn=_demo_data)
+    rep = sub.add_parser("report", help="write RUN_DIR/report.md and report.html from the run "
+                         "folder (ε recomputed from its ledger)")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep.set_defaults(fn=_report)
     args = ap.parse_args(argv)
     if args.cmd is None:
         args = ap.parse_args(["run", *(argv or [])])

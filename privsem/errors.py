@@ -51,3 +51,11 @@ class ProtocolAbort(PrivsemError, RuntimeError):
 
 class MessageError(ProtocolAbort):
     """A message could not be decoded or failed validation at the boundary."""
+
+
+class StateCorrupted(PrivsemError, RuntimeError):
+    """A client's saved state (journal, checkpoint, cached release) cannot be trusted."""
+
+
+class RunFolderInUse(PrivsemError, RuntimeError):
+    """A run folder already holds a run; it is resumed explicitly, never overwritten."""

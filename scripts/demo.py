@@ -10,7 +10,5 @@ import sys
 
 from _env import run
 
-args = sys.argv[1:]
-if "--out" not in args:
-    args = ["--out", "runs/demo", *args]
-sys.exit(run(["-m", "privsem", "run", "--preset", "demo", *args]))
+# Without --out the run goes to runs/demo, or runs/demo-2, ... when that already holds a run.
+sys.exit(run(["-m", "privsem", "run", "--preset", "demo", *sys.argv[1:]]))

@@ -149,8 +149,15 @@ def test_T30_bad_matrices_are_refused_before_anything_is_sent(backend):
         with pytest.raises(ProtocolAbort, match="does not match"):
             r.clients["c001"].start(np.zeros((3, 7)))
     else:
-        # The plaintext server excludes a non-finite upload at its boundary.
-        r.server.receive("c000", client.start(bad))
+        with pytest.raises(ProtocolAbort, match="not a finite float32"):
+            client.start(bad)
+        # A client that skips the check anyway is excluded at the server's boundary.
+        from privsem.protocol.messages import EmbeddingUpload, encode
+
+        s = r.spec
+        r.server.receive("c000", encode(EmbeddingUpload(
+            session_id=s.session_id, round=s.round, client="c000", noise_std=1.0,
+            matrix=np.full((len(s.prompt_ids), s.dim), np.nan, dtype=np.float32))))
         r.server.next_requests()
         assert "non-finite" in r.server.finish().rejected["c000"]
 

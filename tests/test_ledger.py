@@ -1,6 +1,6 @@
-"""The ledger (first version): durable, composes events, refuses over budget, detects damage.
+"""The ledger: durable, composes events, refuses over budget, detects damage and rollback (T29).
 
-Rollback detection (T29's third case) and crash-resume (T28) come with the ledger issue.
+Crash and resume of whole rounds (T28) is tested in tests/test_resume.py.
 """
 
 import json
@@ -51,7 +51,7 @@ def test_infinite_epsilon_exceeds_every_finite_budget(tmp_path):
                event=gaussian_event(noise_multiplier=0.0), delta=1e-5, budget=math.inf)
 
 
-def test_truncated_ledger_fails_closed(tmp_path):
+def test_T29_truncated_ledger_fails_closed(tmp_path):
     p = tmp_path / "l.jsonl"
     led = Ledger(p)
     _charge(led, 1)
@@ -63,7 +63,7 @@ def test_truncated_ledger_fails_closed(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("epsilon_after", 0.0), ("round", 7),
                                          ("event", {"type": "no_op"})])
-def test_edited_entry_fails_closed(tmp_path, field, value):
+def test_T29_edited_entry_fails_closed(tmp_path, field, value):
     p = tmp_path / "l.jsonl"
     led = Ledger(p)
     _charge(led, 1)
@@ -77,7 +77,7 @@ def test_edited_entry_fails_closed(tmp_path, field, value):
         Ledger(p)
 
 
-def test_deleted_middle_entry_fails_closed(tmp_path):
+def test_T29_deleted_middle_entry_fails_closed(tmp_path):
     p = tmp_path / "l.jsonl"
     led = Ledger(p)
     for r in (1, 2, 3):
@@ -86,3 +86,76 @@ def test_deleted_middle_entry_fails_closed(tmp_path):
     p.write_text(lines[0] + "\n" + lines[2] + "\n")
     with pytest.raises(LedgerCorrupted):
         Ledger(p)
+
+
+def _three(p):
+    led = Ledger(p)
+    for r in (1, 2, 3):
+        _charge(led, r)
+    return led
+
+
+def test_T29_rollback_to_an_earlier_valid_ledger_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:2]))  # a valid chain: what the file held before round 3
+    with pytest.raises(LedgerCorrupted, match="rolled back"):
+        Ledger(p)
+
+
+def test_T29_deleted_ledger_with_its_head_left_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    p.unlink()
+    with pytest.raises(LedgerCorrupted, match="rolled back or deleted"):
+        Ledger(p)
+
+
+def test_T29_deleted_head_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    (tmp_path / "l.jsonl.head").unlink()
+    with pytest.raises(LedgerCorrupted, match="head.*missing"):
+        Ledger(p)
+
+
+def test_T29_a_different_history_of_the_same_length_fails_closed(tmp_path):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    head = (tmp_path / "l.jsonl.head").read_text()
+    other = tmp_path / "other.jsonl"
+    led = Ledger(other)
+    for r in (1, 2, 3):
+        _charge(led, r, client="b")
+    p.write_bytes(other.read_bytes())
+    (tmp_path / "l.jsonl.head").write_text(head)
+    with pytest.raises(LedgerCorrupted, match="differs from the one its head records"):
+        Ledger(p)
+
+
+def test_T29_head_one_behind_after_a_crash_is_accepted_and_repaired(tmp_path):
+    p = tmp_path / "l.jsonl"
+    led = _three(p)
+    head = tmp_path / "l.jsonl.head"
+    before = json.loads(head.read_text())
+    # A crash after the append was fsync'd but before the head moved.
+    head.write_text(json.dumps({"seq": before["seq"] - 1, "hash": led.entries[-2].hash}))
+    again = Ledger(p)
+    assert len(again.entries) == 3
+    assert json.loads(head.read_text()) == before
+    # Two entries beyond the head cannot come from one crash.
+    head.write_text(json.dumps({"seq": 0, "hash": led.entries[0].hash}))
+    with pytest.raises(LedgerCorrupted, match="beyond its head"):
+        Ledger(p)
+
+
+def test_T29_corrupted_ledger_is_never_reset(tmp_path):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-20])
+    for _ in range(2):
+        with pytest.raises(LedgerCorrupted):
+            Ledger(p)
+    assert p.read_bytes() == raw[:-20]  # refusing to load never rewrites or empties the file

@@ -77,8 +77,19 @@ class ClientAggregator(ABC):
         """The DP event of this client's release, and facts for the ledger entry."""
 
     @abstractmethod
+    def add_noise(self, clipped: np.ndarray) -> np.ndarray:
+        """Draws the noise once and returns the noised release in the back-end's own domain
+        (``clipped`` is not modified). The client persists it before :meth:`send`, so that a
+        retried round resends it instead of drawing fresh noise (T28)."""
+
+    @abstractmethod
+    def send(self, noised: np.ndarray) -> bytes:
+        """The first message carrying ``noised`` (from :meth:`add_noise`, now or before a
+        crash); validates it like any input."""
+
     def start(self, clipped: np.ndarray) -> bytes:
         """Adds the noise to ``clipped`` (not modified) and returns the first message."""
+        return self.send(self.add_noise(clipped))
 
     @abstractmethod
     def respond(self, request: bytes) -> bytes | None:

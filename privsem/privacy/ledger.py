@@ -11,6 +11,15 @@ Rules for changing it:
 - Each line carries the SHA-256 of the previous line (a hash chain). A file that fails to parse
   or to chain raises :class:`~privsem.errors.LedgerCorrupted`: the client must not participate,
   and the ledger is never reset.
+- A chain cannot show that lines were cut off its end (a rollback to an earlier, valid state).
+  After every append, a head file (``ledger.jsonl.head``: sequence number and hash of the last
+  entry, written atomically) records how far the ledger had come; a ledger shorter than its
+  head, one that disagrees with it, a head without its ledger or a ledger of more than one
+  entry without its head fail closed (T29). The head may lag by the one entry whose append a
+  crash interrupted. Rolling back both files together is not detectable from them alone: the
+  clients' state journals (``privsem.protocol.state``) name the ledger entries they charged,
+  and a resumed client checks them (a third file to roll back); a deployment keeps the head on
+  separate, append-only storage (``head=``).
 """
 
 from __future__ import annotations
@@ -61,12 +70,63 @@ def _digest(body: dict[str, Any]) -> str:
 class Ledger:
     """An append-only, hash-chained JSONL ledger shared by the clients of one store."""
 
-    def __init__(self, path: str | Path, *, accountant: str = "rdp") -> None:
+    def __init__(self, path: str | Path, *, accountant: str = "rdp",
+                 head: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.head = Path(head) if head is not None else self.path.with_name(
+            self.path.name + ".head")
         self.accountant = accountant
         self._entries: list[LedgerEntry] = []
         if self.path.exists():
             self._entries = self._load()
+        self._check_head()
+
+    def _check_head(self) -> None:
+        n = len(self._entries)
+        if not self.head.exists():
+            if n > 1:
+                raise LedgerCorrupted(f"{self.head}: missing, but {self.path} holds {n} entries; "
+                                      "the ledger cannot be shown not to be rolled back, so the "
+                                      "client must not participate (restore the head file)")
+            if n == 1:
+                self._write_head()  # a crash between the first append and its head
+            return
+        try:
+            h = json.loads(self.head.read_text(encoding="utf-8"))
+            seq, digest = int(h["seq"]), str(h["hash"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LedgerCorrupted(f"{self.head}: unreadable ({e}); the client must not "
+                                  "participate") from None
+        if not self.path.exists() or n <= seq:
+            raise LedgerCorrupted(
+                f"{self.path}: holds {n} entries but its head records entry {seq}: the ledger "
+                "was rolled back or deleted; the client must not participate (restore it from a "
+                "backup; never reset it)")
+        if self._entries[seq].hash != digest:
+            raise LedgerCorrupted(f"{self.path}: entry {seq} differs from the one its head "
+                                  "records (replaced by another history); the client must not "
+                                  "participate")
+        if n > seq + 2:
+            raise LedgerCorrupted(f"{self.path}: {n - seq - 1} entries beyond its head (at most "
+                                  "one, after a crash, is possible); the client must not "
+                                  "participate")
+        if n == seq + 2:
+            self._write_head()
+
+    def _write_head(self) -> None:
+        last = self._entries[-1]
+        body = json.dumps({"seq": last.seq, "hash": last.hash}, sort_keys=True)
+        tmp = self.head.with_name(f".{self.head.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.head)
+        fd = os.open(self.head.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _load(self) -> list[LedgerEntry]:
         entries: list[LedgerEntry] = []
@@ -129,4 +189,5 @@ class Ledger:
             fh.flush()
             os.fsync(fh.fileno())
         self._entries.append(entry)
+        self._write_head()
         return entry

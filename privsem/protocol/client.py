@@ -26,7 +26,13 @@ from privsem.aggregation.masked.crypto import Identity
 from privsem.config import ClientConfig, RunConfig
 from privsem.consensus import select_nearest
 from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
-from privsem.errors import BudgetExceeded, EmbeddingRejected, ProtocolAbort
+from privsem.errors import (
+    BudgetExceeded,
+    EmbeddingRejected,
+    LedgerCorrupted,
+    ProtocolAbort,
+    StateCorrupted,
+)
 from privsem.models.embedder import Embedder
 from privsem.models.generation import generate
 from privsem.models.loading import load_model
@@ -40,7 +46,7 @@ from privsem.models.training import (
     train_plain,
 )
 from privsem.privacy.embedding import joint_clip, validate_embeddings
-from privsem.privacy.ledger import Ledger
+from privsem.privacy.ledger import Ledger, LedgerEntry
 from privsem.privacy.plan import ClientPlan, PrivacyPlan
 from privsem.protocol.messages import (
     ConsensusBroadcast,
@@ -53,6 +59,7 @@ from privsem.protocol.messages import (
     encode,
 )
 from privsem.protocol.session import expected_params, session_id
+from privsem.protocol.state import ClientStore, params_digest
 from privsem.rng import Randomness
 
 
@@ -75,13 +82,15 @@ class Client:
                  prompt_hash: str, embedder: Embedder, ledger: Ledger, plan: PrivacyPlan,
                  backend: AggregationBackend, randomness: Randomness,
                  identity: Identity | None = None, registry: Mapping[str, bytes] | None = None,
-                 private_data: list[Example] | None = None) -> None:
+                 private_data: list[Example] | None = None,
+                 store: ClientStore | None = None) -> None:
         self.cfg, self.ccfg, self.id = cfg, ccfg, ccfg.id
         self.prompts, self.prompt_hash = prompts, prompt_hash
         self.embedder, self.ledger, self.plan = embedder, ledger, plan
         self.backend, self.rng = backend, randomness
         self.identity, self.registry = identity, dict(registry or {})
         self._agg: ClientAggregator | None = None
+        self.store = store  # durable state for crash and resume (None: in memory only)
         self.stage = StageMachine(f"client {self.id}")
         loaded = load_model(ccfg.model.name, seed=randomness.seed_for("init", self.id) % 2**31)
         self.source, self.architecture = loaded.source, loaded.architecture
@@ -216,18 +225,34 @@ class Client:
         return self._spec
 
     def _train_private(self, rnd: int, plan: ClientPlan) -> None:
-        """Step 1–2: charge the ledger first, then DP-SGD. Refuses before any forward pass."""
-        try:
-            self.ledger.charge(client=self.id, round=rnd, unit="record", mechanism="dp_sgd",
-                               event=plan.round_event(), delta=self.cfg.privacy.record.delta,
-                               budget=plan.record_budget,
-                               detail={"noise_multiplier": plan.noise_multiplier,
-                                       "sample_rate": plan.sample_rate,
-                                       "steps": plan.steps_per_round,
-                                       "max_grad_norm": self.cfg.privacy.record.max_grad_norm})
-        except BudgetExceeded as e:
-            self.log.status.append(f"refused private training: {e}")
+        """Step 1–2: charge the ledger first, then DP-SGD. Refuses before any forward pass.
+
+        After a crash (T28): a checkpointed result of this round is loaded, not retrained; a
+        charge without a checkpoint covers the retraining, since nothing the interrupted
+        training produced ever left the client."""
+        if self.store and self.store.has_adapter(f"trained-{rnd}"):
+            self.store.load_adapter(self.model, f"trained-{rnd}")
+            self.log.status.append("resumed: DP-SGD result of this round loaded from its "
+                                   "checkpoint (no new training, no new charge)")
             return
+        earlier = self._charged(rnd, "dp_sgd") if self.store else None
+        if earlier is not None:
+            self.log.status.append(f"resumed: retraining under ledger entry {earlier.seq} (the "
+                                   "interrupted training released nothing)")
+        else:
+            try:
+                entry = self.ledger.charge(
+                    client=self.id, round=rnd, unit="record", mechanism="dp_sgd",
+                    event=plan.round_event(), delta=self.cfg.privacy.record.delta,
+                    budget=plan.record_budget,
+                    detail={"noise_multiplier": plan.noise_multiplier,
+                            "sample_rate": plan.sample_rate, "steps": plan.steps_per_round,
+                            "max_grad_norm": self.cfg.privacy.record.max_grad_norm})
+            except BudgetExceeded as e:
+                self.log.status.append(f"refused private training: {e}")
+                return
+            if self.store:
+                self.store.note(rnd, dp_sgd_entry=entry.seq)
         t = self.cfg.training
         if plan.noise_multiplier > 0:
             self.log.dp_train = train_dp_sgd(
@@ -242,6 +267,8 @@ class Client:
                 self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
                 batch_size=t.batch_size, learning_rate=t.learning_rate,
                 generator=self.rng.torch_generator("plain", self.id, rnd))
+        if self.store:  # before anything derived from the new weights leaves the client
+            self.store.save_adapter(self.model, f"trained-{rnd}")
         self.log.status.append("trained on private data")
 
     def _train_on_pseudo_labels(self) -> None:
@@ -286,19 +313,41 @@ class Client:
         agg = self.backend.client(ClientContext(spec=spec, client_id=self.id,
                                                 randomness=self.rng, identity=self.identity,
                                                 registry=self.registry))
-        event, detail = agg.release_event()
-        try:
-            self.ledger.charge(client=self.id, round=spec.round, unit="client",
-                               mechanism=agg.mechanism, event=event,
-                               delta=self.cfg.privacy.client.delta,
-                               budget=self.plan.client_budget,
-                               detail={**detail, "clip_factor": factor,
-                                       "backend": self.backend.name,
-                                       "shape": list(matrix.shape)})
-        except BudgetExceeded as e:
-            self.log.status.append(f"upload refused: {e}")
-            return None
-        first = agg.start(clipped)  # the noise is drawn here, after the charge
+        digest = params_digest(spec.round, self.backend.name, spec.params)
+        cached = self.store.load_release(spec.round, digest) if self.store else None
+        if cached is not None:  # T28: resend what may already have left; no fresh noise
+            noised, stats = cached
+            agg.stats = dict(stats)
+            self.log.status.append("resumed: resent the cached release of this round (no new "
+                                   "noise, no new charge)")
+            first = agg.send(noised)
+            self._agg = agg
+            self.log.aggregation = dict(agg.stats)
+            self.log.status.append("uploaded")
+            return first
+        earlier = self._charged(spec.round, agg.mechanism, digest) if self.store else None
+        if earlier is not None:
+            # Charged, but the crash came before the release was cached, so it never left.
+            self.log.status.append(f"resumed: releasing under ledger entry {earlier.seq} "
+                                   "(nothing was sent before)")
+        else:
+            event, detail = agg.release_event()
+            try:
+                entry = self.ledger.charge(
+                    client=self.id, round=spec.round, unit="client", mechanism=agg.mechanism,
+                    event=event, delta=self.cfg.privacy.client.delta,
+                    budget=self.plan.client_budget,
+                    detail={**detail, "clip_factor": factor, "backend": self.backend.name,
+                            "shape": list(matrix.shape), "params_digest": digest})
+            except BudgetExceeded as e:
+                self.log.status.append(f"upload refused: {e}")
+                return None
+            if self.store:
+                self.store.note(spec.round, release_entry=entry.seq, release_digest=digest)
+        noised = agg.add_noise(clipped)  # the noise is drawn here, after the charge
+        if self.store:  # cached before it leaves, so that a retry resends it
+            self.store.save_release(spec.round, digest, noised, agg.stats)
+        first = agg.send(noised)
         self._agg = agg
         self.log.aggregation = dict(agg.stats)
         self.log.status.append("uploaded")
@@ -322,6 +371,56 @@ class Client:
                     "noise_variance_present_over_accounted": n / shares
                     if detail.get("placement") == "distributed" else float(n),
                     "consensus_noise_std": msg.noise_std_of_consensus})
+
+    # ------------------------------------------------------------------ durable state
+    def _charged(self, rnd: int, mechanism: str, digest: str | None = None) -> LedgerEntry | None:
+        """This client's charge for ``mechanism`` in round ``rnd`` already in the ledger (a
+        crash interrupted the round after it), matching ``digest`` where given."""
+        for e in reversed(self.ledger.entries):
+            if e.client == self.id and e.round == rnd and e.mechanism == mechanism and (
+                    digest is None or e.detail.get("params_digest") == digest):
+                return e
+        return None
+
+    def checkpoint(self, rnd: int) -> None:
+        """End of round ``rnd``: the adapter and the pseudo-labels the next round starts from."""
+        if self.store is None:
+            return
+        self.store.save_adapter(self.model, f"end-{rnd}")
+        by_prompt = {p.text: p.id for p in self.prompts}
+        self.store.save_labels(rnd, [{"prompt_id": by_prompt[ex.messages[0][1]],
+                                      "response": ex.response} for ex in self.pseudo_labels])
+        self.store.note(rnd, completed=True)
+
+    def restore(self, rnd: int) -> None:
+        """Resumes after round ``rnd`` (0: nothing trained yet) from :meth:`checkpoint`."""
+        if self.store is None:
+            raise ProtocolAbort(f"client {self.id}: cannot resume without a state folder")
+        # The journals name every ledger entry this client charged: a ledger rolled back
+        # together with its head still lacks them (T29).
+        entries = self.ledger.entries
+        for r, j in self.store.journals().items():
+            for key in ("dp_sgd_entry", "release_entry"):
+                if key not in j:
+                    continue
+                seq = int(j[key])
+                if seq >= len(entries) or entries[seq].client != self.id or entries[
+                        seq].round != r:
+                    raise LedgerCorrupted(
+                        f"client {self.id}: its state records ledger entry {seq} for round {r}, "
+                        f"which the ledger ({len(entries)} entries) does not hold: the ledger was "
+                        "rolled back or replaced; the client must not participate")
+        if rnd >= 1:
+            self.store.load_adapter(self.model, f"end-{rnd}")
+            texts = {p.id: p.text for p in self.prompts}
+            labels = self.store.load_labels(rnd)
+            unknown = [x.get("prompt_id") for x in labels if x.get("prompt_id") not in texts]
+            if unknown:
+                raise StateCorrupted(f"client {self.id}: saved pseudo-labels name prompts "
+                                     f"{unknown[:3]} that are not in the prompt set")
+            self.pseudo_labels = [Example(messages=(("user", texts[x["prompt_id"]]),),
+                                          response=str(x["response"])) for x in labels]
+        self._last_round = rnd
 
     def _set_labels(self, texts: list[str | None]) -> None:
         self.pseudo_labels = [Example(messages=(("user", p.text),), response=t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from privsem.aggregation import get_backend, run_exchanges
 from privsem.aggregation.masked.crypto import Identity
 from privsem.config import RunConfig, dump_yaml
 from privsem.data import load_examples, load_prompts, prompt_set_hash
-from privsem.errors import ProtocolAbort
+from privsem.errors import ProtocolAbort, RunFolderInUse
 from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
@@ -30,6 +31,7 @@ from privsem.protocol.client import Client
 from privsem.protocol.messages import Stage
 from privsem.protocol.server import Server
 from privsem.protocol.session import expected_params
+from privsem.protocol.state import ClientStore, read_json, write_json, write_text_atomic
 from privsem.rng import derive_seed, make_randomness
 
 
@@ -86,9 +88,10 @@ class ProgressBars:
         self.outer.close()
 
 
-def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
+def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) -> Federation:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    if resumes == 0:
+        (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
@@ -111,10 +114,15 @@ def setup(cfg: RunConfig, out: Path, progress: Progress) -> Federation:
         progress(f"loading {c.id}: {c.model.name}")
         clients[c.id] = Client(cfg, c, prompts=prompts, prompt_hash=phash, embedder=embedder,
                                ledger=ledger, plan=plan, backend=backend,
+                               # seeded streams restart on resume: a new label per resume
+                               # keeps them from repeating the noise of earlier rounds
                                randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
-                                                          "client", c.id),
+                                                          "client", c.id,
+                                                          *(("resume", resumes) if resumes
+                                                            else ())),
                                identity=identities[c.id], registry=registry,
-                               private_data=private[c.id])
+                               private_data=private[c.id],
+                               store=ClientStore(out / "state" / c.id))
     server = Server(cfg, prompts=prompts, prompt_hash=phash, dim=embedder.dim, plan=plan,
                     backend=backend, registry=registry, embedder=embedder)
     return Federation(cfg, out, server, clients, ledger, plan)
@@ -201,6 +209,7 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
         else None,
         "pseudo_labels_next_round": log.labels if rnd > 0 else 0,
         "mean_agreement": float(cons.agreement.mean()) if cons is not None else None,
+        "agreement": [float(a) for a in cons.agreement] if cons is not None else None,
         "consensus_noise_std": cons.noise_std if cons is not None else None,
         "contributors": len(fed.server.result.contributors)
         if rnd > 0 and fed.server.result else 0,
@@ -235,31 +244,94 @@ def evaluate_all(fed: Federation, rnd: int, traffic: Traffic,
     return rows
 
 
-def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True) -> Path:
-    """Runs the federation and writes the run folder. Returns its path."""
+def _progress_file(out: Path) -> Path:
+    return out / "state" / "run.json"
+
+
+def in_use(out: Path) -> bool:
+    """Whether ``out`` already holds (part of) a run."""
+    return any((out / n).exists() for n in ("ledger.jsonl", "ledger.jsonl.head", "state",
+                                            "metrics.jsonl"))
+
+
+def _metrics_up_to(out: Path, completed: int) -> None:
+    """Keeps the metrics of completed rounds; rows of the interrupted round (or a torn last
+    line) move to ``metrics.discarded.jsonl`` rather than vanish."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        path.write_text("", encoding="utf-8")
+        return
+    keep: list[str] = []
+    drop: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            ok = json.loads(line)["round"] <= completed
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        (keep if ok else drop).append(line)
+    if drop:
+        with (out / "metrics.discarded.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write("".join(x + "\n" for x in drop))
+    write_text_atomic(path, "".join(x + "\n" for x in keep))
+
+
+def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
+        resume: bool = False) -> Path:
+    """Runs the federation and writes the run folder. Returns its path.
+
+    A folder that already holds a run is never overwritten: with ``resume`` the run goes on
+    after its last completed round, each client from its own checkpoint (T28); without, it is
+    refused."""
     from privsem.reports.markdown import write_report
 
     out = Path(out)
     started = time.time()
+    progress_file = _progress_file(out)
+    if resume:
+        if not progress_file.exists():
+            raise RunFolderInUse(f"{out}: nothing to resume (no {progress_file}); start a run "
+                                 "with `privsem run --out` a new folder")
+        state = read_json(progress_file)
+        completed, resumes = int(state["completed"]), int(state["resumes"]) + 1
+    elif in_use(out):
+        raise RunFolderInUse(f"{out}: already holds a run (its ledger and metrics are kept); "
+                             f"continue it with `privsem run --resume {out}`, or choose another "
+                             "--out")
+    else:
+        completed, resumes = -1, 0
     bars = ProgressBars(cfg, enabled=show_progress)
-    fed = setup(cfg, out, bars)
+    fed = setup(cfg, out, bars, resumes=resumes)
     metrics = out / "metrics.jsonl"
-    metrics.write_text("", encoding="utf-8")
+    _metrics_up_to(out, completed)
+    if resume:
+        for client in fed.clients.values():
+            client.restore(max(completed, 0))
+    write_json(progress_file, {"completed": completed, "resumes": resumes})
 
     def emit(rows: list[dict[str, Any]]) -> None:
         with metrics.open("a", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def done(rnd: int) -> None:
+        for client in fed.clients.values():
+            client.checkpoint(rnd)
+        write_json(progress_file, {"completed": rnd, "resumes": resumes})
 
     zero: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
-    bars.start("round 0 (before training)", len(fed.clients))
-    if cfg.evaluation.enabled and cfg.evaluation.before_training:
-        emit(evaluate_all(fed, 0, zero, bars))
-    for rnd in range(1, cfg.rounds + 1):
+    if completed < 0:
+        bars.start("round 0 (before training)", len(fed.clients))
+        if cfg.evaluation.enabled and cfg.evaluation.before_training:
+            emit(evaluate_all(fed, 0, zero, bars))
+        done(0)
+    for rnd in range(max(completed, 0) + 1, cfg.rounds + 1):
         bars.start(f"round {rnd}/{cfg.rounds}", bars.phases)
         traffic = run_round(fed, rnd, bars)
         emit(evaluate_all(fed, rnd, traffic, bars) if cfg.evaluation.enabled else [
             metrics_row(fed, c, rnd, traffic[cid], {}, 0.0) for cid, c in fed.clients.items()])
+        done(rnd)
     bars.close()
     write_report(out, cfg, fed.plan, seconds=time.time() - started)
     return out

@@ -30,7 +30,12 @@ from privsem.aggregation.masked.crypto import (
     transcript,
     verify,
 )
-from privsem.aggregation.masked.encoding import MaskingParams, encode_matrix
+from privsem.aggregation.masked.encoding import (
+    MaskingParams,
+    decode_sum,
+    encode_matrix,
+    word_dtype,
+)
 from privsem.aggregation.masked.graph import neighbours
 from privsem.errors import MessageError, ProtocolAbort
 from privsem.protocol.messages import (
@@ -121,17 +126,38 @@ class MaskedClient(ClientAggregator):
                        "sensitivity_integer": self.p.sensitivity, "rho": rho}
 
     # ------------------------------------------------------------------ stage 0: keys
-    def start(self, clipped: np.ndarray) -> bytes:
+    def add_noise(self, clipped: np.ndarray) -> np.ndarray:
+        """Encodes ``clipped`` in fixed point with the discrete Gaussian noise added in the
+        integer domain: the words mod 2^b that :meth:`send` masks."""
         if self.stage is not None:
-            raise ProtocolAbort(f"client {self.me}: start called twice in one round")
+            raise ProtocolAbort(f"client {self.me}: noise drawn after the round started")
         flat = np.asarray(clipped, dtype=np.float64).reshape(-1)
         if flat.size != self.p.length or not np.all(np.isfinite(flat)):
             raise ProtocolAbort(f"client {self.me}: input of {flat.size} entries (or non-finite)"
                                 f" does not match the round's length {self.p.length}")
         noise = self.ctx.randomness.discrete_gaussian((self.p.length,), self.p.noise_sigma)
-        self._words, frac = encode_matrix(flat, noise, self.p)
+        words, frac = encode_matrix(flat, noise, self.p)
         self.stats = {"clip_fraction": frac, "noise_sigma_integer": self.p.noise_sigma,
                       "noise_std": self.p.noise_sigma / self.p.scale}
+        return words
+
+    def send(self, noised: np.ndarray) -> bytes:
+        if self.stage is not None:
+            raise ProtocolAbort(f"client {self.me}: start called twice in one round")
+        words = np.asarray(noised)
+        want = word_dtype(self.p.modulus_bits)
+        if words.shape != (self.p.length,) or words.dtype != want:
+            raise ProtocolAbort(f"client {self.me}: encoded release of shape {words.shape} and "
+                                f"dtype {words.dtype} does not match the round (length "
+                                f"{self.p.length}, {np.dtype(want)})")
+        # Each encoding must lie within ±R, or the sum of n could wrap the modulus (T12).
+        if np.any(np.abs(decode_sum(words, self.p)) > self.p.value_range):
+            raise ProtocolAbort(f"client {self.me}: encoded release has values outside "
+                                f"±{self.p.value_range}, the range the modulus was sized for")
+        self._words = words.copy()
+        if not self.stats:
+            self.stats = {"noise_sigma_integer": self.p.noise_sigma,
+                          "noise_std": self.p.noise_sigma / self.p.scale}
         self.stage = MaskStage.ADVERTISE
         sig = self.ctx.identity.sign(keys_transcript(  # type: ignore[union-attr]
             self.sid, self.me, self._enc.public, self._mask.public, self._commit))

@@ -52,12 +52,20 @@ class _Client(ClientAggregator):
         return gaussian_event(noise_multiplier=self.z), {
             "noise_multiplier": self.z, "clip": self.clip, "noise_std": self.z * self.clip}
 
-    def start(self, clipped: np.ndarray) -> bytes:
+    def add_noise(self, clipped: np.ndarray) -> np.ndarray:
         noisy = clipped + self.ctx.randomness.gaussian(clipped.shape, self.z * self.clip)
+        return noisy.astype(np.float32)
+
+    def send(self, noisy: np.ndarray) -> bytes:
         s = self.ctx.spec
+        if (noisy.dtype != np.float32 or noisy.shape != (len(s.prompt_ids), s.dim)
+                or not np.all(np.isfinite(noisy))):
+            raise ProtocolAbort(f"client {self.ctx.client_id}: release of shape {noisy.shape} "
+                                f"and dtype {noisy.dtype} is not a finite float32 "
+                                f"({len(s.prompt_ids)}, {s.dim}) matrix")
         return encode(EmbeddingUpload(session_id=s.session_id, round=s.round,
                                       client=self.ctx.client_id, noise_std=self.z * self.clip,
-                                      matrix=noisy.astype(np.float32)))
+                                      matrix=noisy))
 
     def respond(self, request: bytes) -> bytes | None:
         raise ProtocolAbort(f"client {self.ctx.client_id}: the plaintext back-end has no "
