@@ -1,0 +1,188 @@
+"""`privsem report`: report.md and report.html from a run folder, ε recomputed from the ledger,
+loud failures on a damaged folder, and the HTML checked in a real headless Chromium."""
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from privsem.cli import main
+from privsem.config import load_config
+from privsem.privacy.analysis import epsilon
+from privsem.privacy.ledger import Ledger
+from privsem.reports.document import Heading, Paragraph, Table, to_html, to_markdown
+from privsem.reports.model import load_run
+
+SECTIONS = {"promises": "What this run promises", "per-client": "Per client and round",
+            "spent": "Privacy: what was spent", "parties": "What each party saw",
+            "mechanisms": "Privacy: mechanisms and targets", "utility": "Utility per round",
+            "agreement": "Agreement per prompt",
+            "bytes": "Bytes per client per round, by stage"}
+FIGURES = 5  # ε, budget left, utility, agreement, bytes
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+INSTALL = "apt-get install -y --no-install-recommends chromium chromium-driver"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One smoke run for the whole module (about 20 s on an idle 2-core machine)."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x]
+
+
+def test_run_writes_both_reports_self_contained(run_dir):
+    page = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
+    for anchor, title in SECTIONS.items():
+        assert f'id="{anchor}"' in page and f"## {title}" in md
+    imgs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(imgs) == FIGURES and all(s.startswith("data:image/png;base64,") for s in imgs)
+    # one file: nothing loaded from anywhere, no script
+    assert "<script" not in page.lower() and not re.search(r'(src|href)="(?!data:|#)', page)
+    # markdown keeps what the round tests read
+    assert "learns **only the noisy sum over the survivors**" in md
+    assert "round 2: sum over 3 survivors" in md
+
+
+def test_agreement_per_prompt_is_in_the_metrics(run_dir):
+    cfg = load_config(str(run_dir / "config.yaml"))
+    for r in _rows(run_dir / "metrics.jsonl"):
+        if r["round"] == 0:
+            assert r["agreement"] is None
+            continue
+        assert len(r["agreement"]) == cfg.max_prompts
+        assert sum(r["agreement"]) / len(r["agreement"]) == pytest.approx(r["mean_agreement"])
+
+
+def test_report_epsilon_is_recomputed_from_the_ledger(run_dir, tmp_path, capsys):
+    run = _copy(run_dir, tmp_path)
+    (run / "report.md").unlink()
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert str(run / "report.html") in capsys.readouterr().out
+    cfg = load_config(str(run / "config.yaml"))
+    ledger = Ledger(run / "ledger.jsonl", accountant=cfg.privacy.accountant)
+    data = load_run(run)
+    md = (run / "report.md").read_text()
+    for unit, dp in (("record", cfg.privacy.record), ("client", cfg.privacy.client)):
+        for c in cfg.clients:
+            # ε after each round from that client's events of the unit, independently of the model
+            mine = [e for e in ledger.entries if e.client == c.id and e.unit == unit]
+            want = [epsilon([e.dp_event() for e in mine if e.round <= r], delta=dp.delta,
+                            accountant=cfg.privacy.accountant) for r in range(cfg.rounds + 1)]
+            assert list(data.spend[unit].by_client[c.id]) == want
+            assert want[-1] == ledger.spent(c.id, unit, delta=dp.delta)
+            assert want[-1] == pytest.approx(8.0, abs=1e-3)  # the smoke preset's target
+            row = f"| {c.id} | {unit} | " + " | ".join(f"{v:.3f}" for v in want[1:])
+            assert row in md, row
+
+
+def test_tampered_ledger_fails_loudly_and_writes_nothing(run_dir, tmp_path, capsys):
+    run = _copy(run_dir, tmp_path)
+    lines = (run / "ledger.jsonl").read_text().splitlines(keepends=True)
+    entry = json.loads(lines[1])
+    entry["event"] = {"type": "no_op"}  # pretend the second release cost nothing
+    lines[1] = json.dumps(entry, sort_keys=True) + "\n"
+    (run / "ledger.jsonl").write_text("".join(lines))
+    before = {n: (run / n).read_bytes() for n in ("report.md", "report.html")}
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "ledger.jsonl" in err and "integrity" in err
+    assert {n: (run / n).read_bytes() for n in before} == before  # no partial report
+
+
+def test_rolled_back_ledger_is_caught_against_the_metrics(run_dir, tmp_path, capsys):
+    # Cut round 2 off the ledger and its head file together: the chain and the head agree, but
+    # the metrics recorded more ε than the ledger now accounts.
+    run = _copy(run_dir, tmp_path)
+    kept = [x for x in (run / "ledger.jsonl").read_text().splitlines(keepends=True)
+            if json.loads(x)["round"] == 1]
+    (run / "ledger.jsonl").write_text("".join(kept))
+    last = json.loads(kept[-1])
+    (run / "ledger.jsonl.head").write_text(json.dumps({"seq": last["seq"], "hash": last["hash"]}))
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "ledger.jsonl" in err and "metrics.jsonl recorded" in err and "lost entries" in err
+
+
+def test_missing_metrics_is_named(run_dir, tmp_path, capsys):
+    run = _copy(run_dir, tmp_path)
+    (run / "metrics.jsonl").unlink()
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl" in err and "missing" in err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
+def test_text_from_files_is_escaped():
+    evil = "<script>alert(1)</script> & `<b>` **<i>x</i>**"
+    blocks = [Heading(1, evil), Paragraph(evil), Table(("a", "b"), ((evil, "1"),))]
+    page = to_html(blocks, title=evil, figures={})
+    assert "<script" not in page and "<i>" not in page and "<b>" not in page
+    assert "&lt;script&gt;" in page and "<code>&lt;b&gt;</code>" in page
+    assert "<strong>&lt;i&gt;x&lt;/i&gt;</strong>" in page
+    assert "a \\| b" in to_markdown([Table(("h",), (("a | b",),))])
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip(f"Chromium not installed; install it with `{INSTALL}` (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+                 "--window-size=1280,900"]:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(driver), options=opts)
+    drv.set_page_load_timeout(60)
+    return drv
+
+
+def test_html_renders_in_headless_chromium(run_dir, tmp_path):
+    drv = _browser()
+    try:
+        drv.get((run_dir / "report.html").resolve().as_uri())
+        assert drv.title == "privsem run smoke"
+        imgs = drv.execute_script(
+            "return [...document.images].map(i => [i.complete, i.naturalWidth, i.alt])")
+        assert len(imgs) == FIGURES
+        assert all(done and width > 0 and alt for done, width, alt in imgs), imgs
+        heads = drv.execute_script(
+            "return [...document.querySelectorAll('h2')].map(h => [h.id, h.textContent])")
+        assert dict(heads) == SECTIONS
+        # nothing wider than the window at a laptop's width (wide tables scroll in their box)
+        width = drv.execute_script("return document.documentElement.scrollWidth")
+        assert width <= drv.execute_script("return window.innerWidth"), width
+        severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        height = drv.execute_script("return document.documentElement.scrollHeight")
+        drv.set_window_size(1280, height + 200)  # the whole page in one screenshot
+        shot = tmp_path / "report.png"
+        assert drv.save_screenshot(str(shot))
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+        assert int.from_bytes(png[20:24], "big") >= height  # PNG IHDR: the image's height
+    finally:
+        drv.quit()
