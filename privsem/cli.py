@@ -1,4 +1,5 @@
-"""Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``."""
+"""Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``,
+``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -70,6 +71,74 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """``privsem audit KIND RUN_DIR ...``: 0 done (the canary audit: passed), 2 bad input, 3 the
+    canary audit found a violation (empirical ε above the accounted ε, or a verbatim leak)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.audit == "canaries":
+        from privsem.audits.canary_audit import run_from_args
+    elif args.audit == "mia":
+        from privsem.audits.mia_audit import run_from_args
+    else:
+        from privsem.audits.inversion_audit import run_from_args
+    return run_from_args(args)
+
+
+def _canaries_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("run_dir", metavar="RUN_DIR")
+    ap.add_argument("--round", type=int, default=None,
+                    help="audit the model after this round (default: the last completed)")
+    ap.add_argument("--exposure-samples", type=int, default=100,
+                    help="secrets sampled per canary for its exposure (0: skip; default 100)")
+    ap.add_argument("--confidence", type=float, default=0.95,
+                    help="confidence of the empirical ε lower bound (default 0.95)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the exposure sampling")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
+
+
+def _mia_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("run_dir", metavar="RUN_DIR")
+    ap.add_argument("--client", required=True, help="the client whose model is attacked")
+    ap.add_argument("--round", type=int, default=None,
+                    help="audit the model after this round (default: the last completed)")
+    ap.add_argument("--nonmembers", default=None,
+                    help="JSONL of same-distribution examples the client never trained on "
+                         "(default for demo data: fresh examples of the demo generator)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
+
+
+def _inversion_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("run_dir", metavar="RUN_DIR")
+    ap.add_argument("--client", required=True, help="the client whose uploads are attacked")
+    ap.add_argument("--round", type=int, default=None,
+                    help="audit this round only (default: every completed round)")
+    ap.add_argument("--margin", type=float, default=0.1,
+                    help="token-F1 above chance still counted as chance (default 0.1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the curve's noise")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
+
+
+def _add_audit_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    a = sub.add_parser("audit", help="privacy audits of a finished run folder (results in "
+                       "RUN_DIR/audit/ and the report)")
+    kinds = a.add_subparsers(dest="audit", required=True)
+    for name, add, text in (
+            ("canaries", _canaries_arguments,
+             ("canary membership inference, the one-run empirical ε lower bound against the "
+             "accounted ε, exposure and verbatim leaks (exit 3 on a violation)")),
+            ("mia", _mia_arguments, "membership inference on a client's training examples"),
+            ("inversion", _inversion_arguments, "embedding inversion of a client's uploads")):
+        k = kinds.add_parser(name, help=text, description=text)
+        add(k)
+        k.set_defaults(fn=_audit)
+
+
 def _quiet_known_noise() -> None:
     """Silences warnings that are expected and harmless here, so real ones stand out."""
     # Opacus' backward hooks on LoRA modules whose inputs need no gradient (frozen base).
@@ -93,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run a federation (default preset: demo)")
     r.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    r.add_argument("--preset", help="built-in preset: demo or smoke")
+    r.add_argument("--preset", help="built-in preset: demo, smoke or audit")
     r.add_argument("--out", help="run folder (default runs/NAME)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field, e.g. --set privacy.client.epsilon=4")
@@ -110,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                          "folder (ε recomputed from its ledger)")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.set_defaults(fn=_report)
+    _add_audit_parsers(sub)
     args = ap.parse_args(argv)
     if args.cmd is None:
         args = ap.parse_args(["run", *(argv or [])])

@@ -27,11 +27,16 @@ import yaml
 
 from privsem.errors import ConfigError
 
-PRESETS = ("demo", "smoke")
+PRESETS = ("demo", "smoke", "audit")
 AGGREGATION_BACKENDS = ("masked", "plaintext")
 NOISE_PLACEMENTS = ("local", "distributed")
 CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
 SELECTION_MODES = ("local", "shared")
+CANARY_FORMATS = ("digits", "words")
+# Secret length limits: at least 10^4 possible secrets (fewer could be guessed by chance), at
+# most 2^53 (the exact sampler's range); words are drawn from a fixed 100-word vocabulary
+# (privsem.audits.planting.WORDS).
+CANARY_LENGTHS = {"digits": (4, 15), "words": (2, 7)}
 
 
 def _check(cond: bool, name: str, value: object, fix: str) -> None:
@@ -298,6 +303,41 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CanaryConfig:
+    """Canaries planted in one client's private data for the privacy audit (DESIGN.md §6).
+
+    At set-up the run draws ``count`` canaries (random secrets of ``length`` digits or words)
+    and includes each in ``client``'s training data independently with probability ½. The full
+    list, with that inclusion secret, goes to ``RUN_DIR/audit/canaries.json``, for the auditor
+    only: the protocol never sends it anywhere, and in a deployment the auditor keeps the file
+    away from the server.
+    """
+
+    client: str
+    count: int = 64
+    format: str = "digits"
+    length: int = 6
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.count <= 10_000, "count", self.count,
+               "use an integer in [2, 10000] (the one-run audit needs several canaries; 64 or "
+               "more give a useful bound)")
+        _check(self.format in CANARY_FORMATS, "format", self.format,
+               f"use one of {', '.join(CANARY_FORMATS)}")
+        lo, hi = CANARY_LENGTHS.get(self.format, (1, 1))
+        _check(lo <= self.length <= hi, "length", self.length,
+               f"use an integer in [{lo}, {hi}] for {self.format} secrets (at least 10^4 "
+               "possible secrets, at most 2^53)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Privacy audits prepared at set-up. ``canaries: null`` (the default) plants none."""
+
+    canaries: CanaryConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole federation run, resolved. Written to ``RUN_DIR/config.yaml``."""
 
@@ -315,6 +355,7 @@ class RunConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", self.rounds, "use an integer >= 1")
@@ -349,6 +390,10 @@ class RunConfig:
                    "consensus.selection", c.selection,
                    "shared selection sends texts to the server: turn on privacy.record (DP-SGD) "
                    "or set consensus.server_trusted_with_texts: true")
+        canaries = self.audit.canaries
+        if canaries is not None:
+            _check(canaries.client in ids, "audit.canaries.client", canaries.client,
+                   f"name one of the clients: {', '.join(ids)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,17 @@ them together. Modules:
 - :mod:`~privsem.audits.mia`: loss, zlib and reference-model scores of a causal LM.
 - :mod:`~privsem.audits.inversion`: nearest-neighbour and trained inversion of noised uploads.
 
-Only the model-free modules are re-exported here; import ``mia`` and ``inversion`` by name.
+Run-folder audits (what ``privsem audit ...`` and the scripts in ``audits/`` run), each writing
+JSON and plots under ``RUN_DIR/audit/`` and a section of the report:
+
+- :mod:`~privsem.audits.planting`: canaries planted in one client's data at set-up
+  (``audit.canaries``), the auditor's ``audit/canaries.json``.
+- :mod:`~privsem.audits.folder`: a run folder as the audits read it (client models after a
+  round, the ledger's ε up to a round).
+- :mod:`~privsem.audits.canary_audit`, :mod:`~privsem.audits.mia_audit`,
+  :mod:`~privsem.audits.inversion_audit`.
+
+Only the model-free modules are re-exported here; import the others by name.
 Every result type has ``to_json()`` returning plain Python types.
 """
 

@@ -95,8 +95,35 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_rate: float,
                  noise_multiplier: float, max_grad_norm: float, learning_rate: float,
                  generator: torch.Generator, secure_mode: bool) -> TrainStats:
-    """Runs exactly ``steps`` DP-SGD steps on the LoRA parameters of ``model``."""
+    """Runs exactly ``steps`` DP-SGD steps on the LoRA parameters of ``model``.
+
+    ``data`` is the dataset itself: batches are always drawn here by Poisson sampling at
+    ``sample_rate`` (q = B/N of the privacy plan, N = ``len(data)``), the sampling the ledger's
+    ``PoissonSampledDpEvent`` accounts. A DataLoader or sampler (shuffling, fixed-size batches,
+    ``WeightedRandomSampler``) is refused: its batches would not match that accounting (T19).
+    ``max_grad_norm`` must be finite (Opacus' noise std is σ·C; with σ = 0 a C of ∞ would give
+    NaN); a very large C is the unclipped case.
+    """
+    if not isinstance(data, TensorDataset):
+        raise TypeError(f"train_dp_sgd: data is a {type(data).__name__}; pass the TensorDataset "
+                        "itself (encode_examples). DP-SGD draws its own Poisson-sampled batches "
+                        "at q = B/N, the sampling the ledger accounts; a DataLoader or sampler "
+                        "(shuffle, fixed-size batches, WeightedRandomSampler) would not match "
+                        "that accounting")
     n = len(data)
+    if n < 1:
+        raise ValueError("train_dp_sgd: data is empty; there is nothing to train on")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"train_dp_sgd: steps={steps!r} is not valid; use an integer >= 1")
+    if not (isinstance(sample_rate, (int, float)) and 0.0 < sample_rate <= 1.0):
+        raise ValueError(f"train_dp_sgd: sample_rate={sample_rate!r} is not valid; use the "
+                         "plan's q = B/N in (0, 1]")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0.0):
+        raise ValueError(f"train_dp_sgd: noise_multiplier={noise_multiplier!r} is not valid; "
+                         "use a finite number >= 0 (the plan's σ)")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0.0):
+        raise ValueError(f"train_dp_sgd: max_grad_norm={max_grad_norm!r} is not valid; use a "
+                         "finite clip C > 0 (a very large C means no clipping)")
     expected_batch = max(1, round(sample_rate * n))
     model.train()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")

@@ -59,7 +59,7 @@ from privsem.protocol.messages import (
     encode,
 )
 from privsem.protocol.session import expected_params, session_id
-from privsem.protocol.state import ClientStore, params_digest
+from privsem.protocol.state import ClientStore, params_digest, write_json
 from privsem.rng import Randomness
 
 
@@ -230,6 +230,10 @@ class Client:
         After a crash (T28): a checkpointed result of this round is loaded, not retrained; a
         charge without a checkpoint covers the retraining, since nothing the interrupted
         training produced ever left the client."""
+        if len(self._private_t) != plan.examples:  # q = B/N must be the N trained on (T19)
+            raise ProtocolAbort(f"client {self.id}: holds {len(self._private_t)} private "
+                                f"examples, but its privacy plan was made for {plan.examples}; "
+                                "make the plan from the data the client trains on")
         if self.store and self.store.has_adapter(f"trained-{rnd}"):
             self.store.load_adapter(self.model, f"trained-{rnd}")
             self.log.status.append("resumed: DP-SGD result of this round loaded from its "
@@ -289,6 +293,8 @@ class Client:
             self.model, self.tokenizer, self.fmt, convs, k=g.candidates,
             max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
             batch_size=g.batch_size, seed=self.rng.seed_for("generate", self.id, self.log.round))
+        if self.store:  # client-local, like its pseudo-labels; read by the inversion audit
+            write_json(self.store.root / f"candidates-{self.log.round}.json", self._cand_texts)
         flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
         emb = self.embedder.encode(flat)  # (P·k, d)
         self._cand_emb = emb.reshape(len(self.prompts), g.candidates, -1).astype(np.float64)

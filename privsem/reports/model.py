@@ -272,15 +272,21 @@ def _prompt_ids(cfg: RunConfig, rows: tuple[ClientRound, ...]) -> tuple[str, ...
         return tuple(f"prompt {j + 1}" for j in range(n))
 
 
-def _examples(cfg: RunConfig, plan: PrivacyPlan | None) -> dict[str, int] | None:
+def _examples(cfg: RunConfig, plan: PrivacyPlan | None, run_dir: Path
+              ) -> dict[str, int] | None:
     if plan is not None:
         return {c: p.examples for c, p in plan.clients.items()}
     from privsem.data import load_examples
+    from privsem.reports.audit import planted_members
 
     try:
-        return {c.id: len(load_examples(c.train)) for c in cfg.clients}
+        sizes = {c.id: len(load_examples(c.train)) for c in cfg.clients}
     except (PrivsemError, OSError):
         return None
+    planted = planted_members(run_dir)  # canaries trained on count in the client's N
+    if planted is not None and planted[0] in sizes:
+        sizes[planted[0]] += planted[1]
+    return sizes
 
 
 def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
@@ -329,5 +335,5 @@ def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
     return RunData(run_dir=run_dir, cfg=cfg, rows=rows, ledger=entries,
                    ledger_head=entries[-1].hash if entries else "", last_round=last,
                    spend=spend, outcomes=_outcomes(rows), prompt_ids=prompt_ids,
-                   examples=_examples(cfg, plan), masking=_masking(cfg, len(prompt_ids)),
+                   examples=_examples(cfg, plan, run_dir), masking=_masking(cfg, len(prompt_ids)),
                    seconds=seconds, notes=tuple(notes))

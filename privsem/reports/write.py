@@ -1,5 +1,6 @@
 """Writes ``RUN_DIR/report.md`` and the self-contained ``RUN_DIR/report.html`` from the run
-folder's files (see :mod:`privsem.reports.model`). Both files are written only after the whole
+folder's files (see :mod:`privsem.reports.model`), with the audit section when ``RUN_DIR/audit/``
+holds canaries or audit results (:mod:`privsem.reports.audit`). Both files are written only after the whole
 run folder has been read and checked, so a damaged ledger leaves no half-made report."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from privsem.reports.audit import blocks as audit_blocks
+from privsem.reports.audit import load_audits
 from privsem.reports.content import build, footer
 from privsem.reports.document import to_html, to_markdown
 from privsem.reports.model import load_run
@@ -21,8 +24,9 @@ def write_reports(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
     """Returns the paths of report.md and report.html. Raises DataError or LedgerCorrupted
     (from :func:`~privsem.reports.model.load_run`) before writing anything."""
     data = load_run(run_dir, plan=plan, seconds=seconds)
-    figures = render_all(data)
-    blocks = build(data, figures.keys())
+    audits = load_audits(data.run_dir)
+    figures = {**render_all(data), **audits.figures}
+    blocks = [*build(data, figures.keys()), *audit_blocks(audits)]
     md = to_markdown(blocks)
     page = to_html(blocks, title=f"privsem run {data.cfg.name}", figures=figures,
                    footer=footer(data))

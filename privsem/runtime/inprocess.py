@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from privsem.aggregation import get_backend, run_exchanges
 from privsem.aggregation.masked.crypto import Identity
+from privsem.audits.planting import plant_for_run
 from privsem.config import RunConfig, dump_yaml
 from privsem.data import load_examples, load_prompts, prompt_set_hash
 from privsem.errors import ProtocolAbort, RunFolderInUse
@@ -97,6 +98,9 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     phash = prompt_set_hash(prompts)
     private = {c.id: load_examples(c.train) for c in cfg.clients}
+    # Audit canaries join their client's private data before the plan is made, so DP-SGD's
+    # N, q = B/N and σ are those of the data the client trains on (T19, T43).
+    plant_for_run(cfg, out, private, resumes=resumes)
     plan = make_plan(cfg, {cid: len(ex) for cid, ex in private.items()}, len(prompts))
     progress("loading encoder")
     embedder = Embedder(cfg.embedding.model, batch_size=cfg.embedding.batch_size)

@@ -1,0 +1,19 @@
+"""`python audits/canary_audit.py RUN_DIR ...`: the same as `privsem audit canaries RUN_DIR ...`.
+
+See `privsem audit canaries --help` and privsem/audits/canary_audit.py for what it measures.
+Importable: `main(argv)` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from privsem.cli import main as privsem_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return privsem_main(["audit", "canaries", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
