@@ -237,10 +237,9 @@ class MaskedClient(ClientAggregator):
                                     "identity")
             self._roster[c] = (e, m, cm)
         self._nbrs = frozenset(c for c in msg.clients if c != me)
+        # The holders are the roster itself, so there are at least t of them: the roster-size
+        # check above demands t (sparse) or min_survivors >= t (complete; MaskingParams).
         holders = sorted(self._nbrs | {me})
-        if len(holders) < p.threshold:
-            raise ProtocolAbort(f"client {me}: {len(holders)} share holders, below the "
-                                f"threshold {p.threshold}")
         # Check every neighbour's keys now (low-order points, T7), before anything is sent.
         enc_keys = {j: self._enc.agree(self._roster[j][0], peer=j) for j in self._nbrs}
         for j in self._nbrs:
@@ -425,10 +424,8 @@ def _untranscript(data: bytes) -> list[bytes]:
     """Inverse of :func:`transcript` for bytes parts; raises ProtocolAbort if malformed."""
     parts, i = [], 0
     while i < len(data):
-        if i + 4 > len(data):
-            raise ProtocolAbort("share: malformed plaintext")
         n = int.from_bytes(data[i:i + 4], "little")
-        if i + 4 + n > len(data):
+        if i + 4 + n > len(data):  # also a length prefix cut short (i + 4 > len(data))
             raise ProtocolAbort("share: malformed plaintext")
         parts.append(data[i + 4:i + 4 + n])
         i += 4 + n

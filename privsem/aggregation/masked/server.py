@@ -131,8 +131,10 @@ class MaskedServer(ServerAggregator):
         if getattr(msg, "session_id", None) != self.sid or getattr(msg, "round", None) != \
                 self.spec.round:
             return "message belongs to another session or round (replay)"
-        if getattr(msg, "client", None) != client or client not in self.spec.cohort:
-            return f"message from {getattr(msg, 'client', None)!r} is not from a cohort member"
+        if client not in self.spec.cohort:
+            return "sender is not a member of this round's cohort"
+        if getattr(msg, "client", None) != client:
+            return f"message names {getattr(msg, 'client', None)!r} as its sender"
         return None
 
     def _forget_stage_message(self, client: str) -> None:

@@ -104,8 +104,10 @@ class _Server(ServerAggregator):
         problem = None
         if up.session_id != s.session_id or up.round != s.round:
             problem = "upload belongs to another session or round"
-        elif up.client != client or client not in s.cohort:
-            problem = f"upload from {up.client!r} is not from a cohort member"
+        elif client not in s.cohort:
+            problem = "sender is not a member of this round's cohort"
+        elif up.client != client:
+            problem = f"upload names {up.client!r} as its sender"
         elif up.matrix.shape != (len(s.prompt_ids), s.dim):
             problem = f"matrix shape {up.matrix.shape} is not {(len(s.prompt_ids), s.dim)}"
         elif not np.all(np.isfinite(up.matrix)) or not np.isfinite(up.noise_std):
