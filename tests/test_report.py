@@ -4,10 +4,10 @@ loud failures on a damaged folder, and the HTML checked in a real headless Chrom
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
+from browser import check_report_html
 
 from privsem.cli import main
 from privsem.config import load_config
@@ -22,10 +22,6 @@ SECTIONS = {"promises": "What this run promises", "per-client": "Per client and 
             "agreement": "Agreement per prompt",
             "bytes": "Bytes per client per round, by stage"}
 FIGURES = 5  # ε, budget left, utility, agreement, bytes
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
-INSTALL = "apt-get install -y --no-install-recommends chromium chromium-driver"
 
 
 @pytest.fixture(scope="module")
@@ -141,48 +137,6 @@ def test_text_from_files_is_escaped():
     assert "a \\| b" in to_markdown([Table(("h",), (("a | b",),))])
 
 
-def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip(f"Chromium not installed; install it with `{INSTALL}` (.ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-                 "--window-size=1280,900"]:
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver), options=opts)
-    drv.set_page_load_timeout(60)
-    return drv
-
-
 def test_html_renders_in_headless_chromium(run_dir, tmp_path):
-    drv = _browser()
-    try:
-        drv.get((run_dir / "report.html").resolve().as_uri())
-        assert drv.title == "privsem run smoke"
-        imgs = drv.execute_script(
-            "return [...document.images].map(i => [i.complete, i.naturalWidth, i.alt])")
-        assert len(imgs) == FIGURES
-        assert all(done and width > 0 and alt for done, width, alt in imgs), imgs
-        heads = drv.execute_script(
-            "return [...document.querySelectorAll('h2')].map(h => [h.id, h.textContent])")
-        assert dict(heads) == SECTIONS
-        # nothing wider than the window at a laptop's width (wide tables scroll in their box)
-        width = drv.execute_script("return document.documentElement.scrollWidth")
-        assert width <= drv.execute_script("return window.innerWidth"), width
-        severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
-        assert not severe, severe
-        height = drv.execute_script("return document.documentElement.scrollHeight")
-        drv.set_window_size(1280, height + 200)  # the whole page in one screenshot
-        shot = tmp_path / "report.png"
-        assert drv.save_screenshot(str(shot))
-        png = shot.read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
-        assert int.from_bytes(png[20:24], "big") >= height  # PNG IHDR: the image's height
-    finally:
-        drv.quit()
+    check_report_html(run_dir / "report.html", title="privsem run smoke", sections=SECTIONS,
+                      figures=FIGURES, screenshot=tmp_path / "report.png")

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from browser import check_report_html
+from test_report import FIGURES, SECTIONS
 
 from privsem.cli import main
 
@@ -29,6 +31,11 @@ def test_real_round_on_smollm2_via_cli(tmp_path):
     assert per_client.count("| 1 |") == 3
     per_stage = report.split("## Bytes per client per round, by stage")[1].split("\n## ")[0]
     assert per_stage.count("| 1 |") == 3
+    # `privsem report` on this (shrunk) demo run, and its HTML as a reader's browser shows it
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    check_report_html(out / "report.html", title="privsem run demo", sections=SECTIONS,
+                      figures=FIGURES, screenshot=tmp_path / "report.png")
 
 
 def test_cli_reports_config_errors_with_field(capsys):
