@@ -11,6 +11,7 @@ import tenseal as ts
 from privsem.aggregation.ckks import he
 from privsem.aggregation.ckks.keyholder import KeyHolder, KeyHolderRefusal
 from privsem.aggregation.ckks.params import SECURITY_128, CkksParams
+from privsem.errors import ProtocolAbort
 from privsem.rng import SeededRandomness
 
 COHORT = ("a", "b", "c", "d")
@@ -302,7 +303,21 @@ def test_T39_parameters_whose_sum_could_wrap_are_refused():
 ])
 def test_T39_clients_refuse_uploads_the_parameters_cannot_hold(setup, bad, match):
     p, _, pub, _ = setup
-    from privsem.errors import ProtocolAbort
-
     with pytest.raises(ProtocolAbort, match=match):
         he.encrypt_upload(pub, bad, p)
+
+
+def test_adding_uploads_leaves_them_unchanged_and_needs_two(setup):
+    p, _, pub, top = setup
+    kh = _fresh_holder(p)
+    pub = he.load_public_context(kh.public_context(), p, kh.public_digest)
+    top = he.top_parms_id(pub)
+    xs = _inputs(p, 3)
+    raw = [he.encrypt_upload(pub, x, p) for x in xs]
+    loaded = [he.load_upload(pub, u, p, top) for u in raw]
+    total = he.add_uploads(loaded)
+    assert [tuple(bytes(v.serialize()) for v in up) for up in loaded] == [tuple(u) for u in raw]
+    out = kh.decrypt_aggregate(round=1, ciphertexts=total, contributors=["a", "b", "c"])
+    assert np.max(np.abs(out - sum(xs))) <= p.tolerance(3)
+    with pytest.raises(ProtocolAbort, match="1 upload\\(s\\) to sum"):
+        he.add_uploads(loaded[:1])
