@@ -144,14 +144,88 @@ def _bad_ciphertexts(p, pub):
     }
 
 
-@pytest.mark.parametrize("case", ["truncated", "empty", "random", "other_parameters",
-                                  "other_scale", "lower_level", "wrong_slot_count", "oversized",
-                                  "not_bytes"])
-def test_T36_bad_ciphertexts_get_a_typed_error(setup, case):
+@pytest.mark.parametrize("case, match", [
+    ("truncated", "could not be parsed"), ("empty", "of 0 bytes is outside"),
+    ("random", "could not be parsed"), ("other_parameters", "could not be parsed"),
+    ("other_scale", "has scale 2\\^30.00, expected 2\\^40"),
+    ("lower_level", "another level of the modulus chain"),
+    ("wrong_slot_count", "holds 24 slots, expected 25"), ("oversized", "bytes is outside"),
+    ("not_bytes", "is not bytes")])
+def test_T36_bad_ciphertexts_get_a_typed_error(setup, case, match):
     p, _, pub, top = setup
     bad = _bad_ciphertexts(p, pub)[case]
-    with pytest.raises(he.CiphertextError, match="ckks: ciphertext 0"):
+    with pytest.raises(he.CiphertextError, match=f"ckks: ciphertext 0 .*{match}|ckks: "
+                       f"ciphertext 0 {match}"):
         he.load_ciphertext(pub, bad, p, chunk=0, top=top)
+
+
+def test_T36_an_unrelinearised_product_is_refused(setup):
+    """Ciphertext × ciphertext without relinearisation: 3 polynomials at scale 2^80. The size
+    bound refuses it before the polynomial count is even read."""
+    p, _, pub, top = setup
+    ctx = he.new_secret_context(p)
+    ctx.auto_relin, ctx.auto_rescale = False, False
+    v = ts.ckks_vector(ctx, [1.0] * p.chunks[0])
+    product = bytes((v * v).serialize())
+    assert (v * v).ciphertext()[0].size() == 3
+    with pytest.raises(he.CiphertextError, match="bytes is outside|not a fresh ciphertext"):
+        he.load_ciphertext(pub, product, p, chunk=0, top=top)
+
+
+def test_T36_an_upload_with_a_chunk_missing_is_refused():
+    p = _params(prompts=24, dim=384)
+    kh = _fresh_holder(p)
+    pub = he.load_public_context(kh.public_context(), p, kh.public_digest)
+    up = he.encrypt_upload(pub, np.zeros((24, 384)), p)
+    with pytest.raises(he.CiphertextError, match="upload of 2 ciphertexts, expected 3"):
+        he.load_upload(pub, up[:2], p, he.top_parms_id(pub))
+
+
+@pytest.mark.parametrize("data, match", [
+    ("not bytes", "at most 64 MiB of bytes"), (b"\x00" * 100, "could not be parsed")])
+def test_T37_a_context_that_is_not_a_tenseal_context_is_refused(data, match):
+    with pytest.raises(he.CiphertextError, match=match):
+        he.load_public_context(data, _params())
+
+
+def test_T37_a_context_without_a_public_key_is_refused(setup):
+    p, kh, _, _ = setup
+    bare = kh._ctx.serialize(save_public_key=False, save_secret_key=False,
+                             save_galois_keys=False, save_relin_keys=False)
+    with pytest.raises(he.CiphertextError, match="cannot encrypt"):
+        he.load_public_context(bytes(bare), p)
+
+
+def test_T35_a_context_of_other_parameters_is_refused():
+    """A context built for N = 16384 offered for a round of N = 8192."""
+    big = _params(poly_modulus_degree=16384)
+    other = he.public_bytes(he.new_secret_context(big))
+    with pytest.raises(he.CiphertextError, match="ring degree and chain \\(16384, 3\\)"):
+        he.load_public_context(other, _params())
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"value_bound": 0.0}, "value_bound must be finite and > 0"),
+    ({"value_bound": float("inf")}, "value_bound must be finite and > 0"),
+    ({"flood_std": 0.0}, "flood_std must be finite and > 0"),
+    ({"flood_std": float("nan")}, "flood_std must be finite and > 0"),
+    ({"grid_bits": 0}, "grid_bits 0 must be in"),
+    ({"grid_bits": 41}, "grid_bits 41 must be in"),
+    ({"min_contributors": 1}, "min_contributors 1 must be in \\[2, 4\\]"),
+    ({"min_contributors": 5}, "min_contributors 5 must be in \\[2, 4\\]"),
+    ({"prompts": 0}, "prompts must be an integer >= 1"),
+    ({"dim": 2.5}, "dim must be an integer >= 1"),
+    ({"cohort_size": True}, "cohort_size must be an integer >= 1"),
+])
+def test_T35_T38_invalid_parameters_name_the_field(change, match):
+    with pytest.raises(ValueError, match=match):
+        _params(**change)
+
+
+@pytest.mark.parametrize("cohort", [("a", "b", "c"), ("a", "a", "b", "c")])
+def test_T38_the_key_holder_needs_the_rounds_cohort(cohort):
+    with pytest.raises(ValueError, match="the cohort must list 4 distinct clients"):
+        KeyHolder(_params(), SeededRandomness(0, "kh"), cohort)
 
 
 def test_T36_a_bad_upload_is_excluded_and_the_others_sum_exactly(setup):

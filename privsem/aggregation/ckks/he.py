@@ -73,16 +73,15 @@ def load_public_context(data: bytes, p: CkksParams, expected_digest: str | None 
     try:
         ctx = ts.context_from(bytes(data))
         private = ctx.is_private()
-        scheme_ok = ctx.is_public() and not private
     except _LIBRARY_ERRORS as e:
         raise CiphertextError(f"ckks: public context could not be parsed ({e})") from None
     if private:
         raise CiphertextError("ckks: the context holds a secret key; only the key holder may "
                               "hold it (refusing to use it)")
-    if not scheme_ok:
-        raise CiphertextError("ckks: the context carries no public key")
     ctx.global_scale = 2.0 ** p.scale_bits
-    try:  # parameters: a fresh encryption must look like the round's (ring, chain)
+    # A context without a public key cannot encrypt; one of other parameters encrypts into
+    # another ring or chain: a probe encryption checks both.
+    try:
         probe = ts.ckks_vector(ctx, [0.0]).ciphertext()[0]
         shape = (probe.poly_modulus_degree(), probe.coeff_modulus_size())
     except _LIBRARY_ERRORS as e:
