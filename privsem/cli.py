@@ -87,41 +87,43 @@ def _audit(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
-def _canaries_arguments(ap: argparse.ArgumentParser) -> None:
+def _audit_arguments(ap: argparse.ArgumentParser, *, client: str | None, round_help: str
+                     ) -> None:
+    """The arguments every audit takes: the run folder, the round, torch threads, --no-report;
+    ``client`` (its help text) adds a required --client."""
     ap.add_argument("run_dir", metavar="RUN_DIR")
-    ap.add_argument("--round", type=int, default=None,
-                    help="audit the model after this round (default: the last completed)")
+    if client:
+        ap.add_argument("--client", required=True, help=client)
+    ap.add_argument("--round", type=int, default=None, help=round_help)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
+
+
+_AFTER_ROUND = "audit the model after this round (default: the last completed)"
+
+
+def _canaries_arguments(ap: argparse.ArgumentParser) -> None:
+    _audit_arguments(ap, client=None, round_help=_AFTER_ROUND)
     ap.add_argument("--exposure-samples", type=int, default=100,
                     help="secrets sampled per canary for its exposure (0: skip; default 100)")
     ap.add_argument("--confidence", type=float, default=0.95,
                     help="confidence of the empirical ε lower bound (default 0.95)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the exposure sampling")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
 
 
 def _mia_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("run_dir", metavar="RUN_DIR")
-    ap.add_argument("--client", required=True, help="the client whose model is attacked")
-    ap.add_argument("--round", type=int, default=None,
-                    help="audit the model after this round (default: the last completed)")
+    _audit_arguments(ap, client="the client whose model is attacked", round_help=_AFTER_ROUND)
     ap.add_argument("--nonmembers", default=None,
                     help="JSONL of same-distribution examples the client never trained on "
                          "(default for demo data: fresh examples of the demo generator)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
 
 
 def _inversion_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("run_dir", metavar="RUN_DIR")
-    ap.add_argument("--client", required=True, help="the client whose uploads are attacked")
-    ap.add_argument("--round", type=int, default=None,
-                    help="audit this round only (default: every completed round)")
+    _audit_arguments(ap, client="the client whose uploads are attacked",
+                     round_help="audit this round only (default: every completed round)")
     ap.add_argument("--margin", type=float, default=0.1,
                     help="token-F1 above chance still counted as chance (default 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the curve's noise")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--no-report", action="store_true", help="do not regenerate report.md/html")
 
 
 def _add_audit_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -58,7 +58,9 @@ def resolve_data_path(value: str) -> Path:
     return Path(value)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file; DataError naming the
+    file and line for a missing file, invalid JSON or a line that is not an object."""
     if not path.is_file():
         raise DataError(str(path), None, "file not found")
     with path.open("r", encoding="utf-8") as fh:
@@ -116,7 +118,7 @@ def parse_example(obj: dict[str, Any], path: Path, lineno: int) -> Example:
 
 def load_examples(path: str | Path) -> list[Example]:
     p = resolve_data_path(str(path))
-    out = [parse_example(obj, p, n) for n, obj in _lines(p)]
+    out = [parse_example(obj, p, n) for n, obj in json_objects(p)]
     if not out:
         raise DataError(str(p), None, "the file holds no examples")
     return out
@@ -125,7 +127,7 @@ def load_examples(path: str | Path) -> list[Example]:
 def load_eval(path: str | Path) -> list[EvalItem]:
     p = resolve_data_path(str(path))
     items = []
-    for n, obj in _lines(p):
+    for n, obj in json_objects(p):
         scope = obj.get("scope", "own")
         if scope not in ("own", "other"):
             raise DataError(str(p), n, f"'scope' must be 'own' or 'other', got {scope!r}")
@@ -145,7 +147,7 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[PublicPromp
     p = resolve_data_path(str(path))
     out: list[PublicPrompt] = []
     seen: set[str] = set()
-    for n, obj in _lines(p):
+    for n, obj in json_objects(p):
         text = obj.get("prompt", obj.get("instruction"))
         if not isinstance(text, str) or not text.strip():
             raise DataError(str(p), n, "field 'prompt' must be a non-empty string")

@@ -13,13 +13,13 @@ Rules for changing it:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privsem.config import RunConfig, load_config
+from privsem.data.jsonl import json_objects
 from privsem.errors import DataError, LedgerCorrupted, PrivsemError
 from privsem.privacy.analysis import epsilon
 from privsem.privacy.ledger import UNITS, Ledger, LedgerEntry
@@ -148,18 +148,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(str(path), None, f"missing; a run folder written by `privsem run` holds "
                         f"{path.name} (run the federation again, or point at the right folder)")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), n, f"not valid JSON ({e.msg}); the file is damaged") from None
-        if not isinstance(obj, dict):
-            raise DataError(str(path), n, "expected a JSON object")
-        out.append((n, obj))
-    return out
+    return list(json_objects(path))
 
 
 def _num(v: Any) -> float | None:
