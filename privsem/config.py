@@ -28,7 +28,7 @@ import yaml
 from privsem.errors import ConfigError
 
 PRESETS = ("demo", "smoke", "audit")
-AGGREGATION_BACKENDS = ("masked", "plaintext")
+AGGREGATION_BACKENDS = ("masked", "ckks", "plaintext")
 NOISE_PLACEMENTS = ("local", "distributed")
 CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
 SELECTION_MODES = ("local", "shared")
@@ -248,16 +248,54 @@ class MaskedConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CkksConfig:
+    """CKKS encrypted aggregation (TenSEAL) with a separate key holder (DESIGN.md §3).
+
+    ``poly_modulus_degree`` and ``coeff_mod_bit_sizes``: the ring and modulus chain, checked
+    against the 128-bit security table; ``scale_bits``: the encoding scale 2^s;
+    ``flood_std`` and ``grid_bits``: the key holder's flooding noise and rounding grid before
+    release; ``min_contributors``: the fraction of the cohort (at least 2 clients) whose uploads
+    the aggregate must hold, else the key holder refuses; ``value_bound_sigmas``: a client's
+    noised entries are clamped to clip · (1 + value_bound_sigmas · z) before encryption
+    (post-processing), which bounds the sum below the first prime.
+    """
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    scale_bits: int = 40
+    flood_std: float = 2.0 ** -20
+    grid_bits: int = 16
+    min_contributors: float = 0.6
+    value_bound_sigmas: float = 8.0
+
+    def __post_init__(self) -> None:
+        # The ring, chain, scale and grid are checked together by CkksParams at run start.
+        _positive("flood_std", self.flood_std)
+        _check(0 < self.min_contributors <= 1, "min_contributors", self.min_contributors,
+               "use a fraction of the cohort in (0, 1]")
+        _check(math.isfinite(self.value_bound_sigmas) and self.value_bound_sigmas >= 4,
+               "value_bound_sigmas", self.value_bound_sigmas,
+               "use a number >= 4 (fewer clamps ordinary noise draws)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AggregationConfig:
-    """``masked`` (default: the server learns only the survivors' sum) or ``plaintext`` (the
-    server sees every client's noisy matrix; baselines and trusted servers)."""
+    """``masked`` (default: the server learns only the survivors' sum), ``ckks`` (clients
+    encrypt under a key holder's public key; the aggregator adds ciphertexts, the key holder
+    decrypts only the sum) or ``plaintext`` (the server sees every client's noisy matrix;
+    baselines and trusted servers)."""
 
     backend: str = "masked"
     masked: MaskedConfig = field(default_factory=MaskedConfig)
+    ckks: CkksConfig = field(default_factory=CkksConfig)
 
     def __post_init__(self) -> None:
         _check(self.backend in AGGREGATION_BACKENDS, "backend", self.backend,
                f"use one of {', '.join(AGGREGATION_BACKENDS)}")
+
+    def settings(self) -> MaskedConfig | CkksConfig | None:
+        """The section of the chosen back-end (None where it has none)."""
+        return getattr(self, self.backend, None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,7 +406,7 @@ class RunConfig:
                    "use an integer >= 1 or null for all")
         if self.threads is not None:
             _check(self.threads >= 1, "threads", self.threads, "use an integer >= 1 or null")
-        if self.aggregation.backend == "masked":
+        if self.aggregation.backend in ("masked", "ckks"):
             _check(len(self.clients) >= 3, "aggregation.backend", self.aggregation.backend,
                    "secure aggregation needs at least 3 clients (with 2, the sum reveals the "
                    "other's input); add a client or use the plaintext back-end")

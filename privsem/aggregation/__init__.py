@@ -6,22 +6,26 @@ from privsem.aggregation.base import (
     ClientAggregator,
     ClientContext,
     NoisePlan,
+    RunParties,
     ServerAggregator,
     get_backend,
     register,
     run_exchanges,
 )
+from privsem.aggregation.ckks import CkksBackend
 from privsem.aggregation.masked import MaskedBackend
 from privsem.aggregation.plaintext import PlaintextBackend
 
 __all__ = [
     "AggregateResult",
     "AggregationBackend",
+    "CkksBackend",
     "ClientAggregator",
     "ClientContext",
     "MaskedBackend",
     "NoisePlan",
     "PlaintextBackend",
+    "RunParties",
     "ServerAggregator",
     "get_backend",
     "register",

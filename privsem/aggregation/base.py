@@ -16,6 +16,12 @@ behaviour (a client that never uploads is absent from the sum) and leave their i
 unchanged. ``reveals_individual`` says whether the server sees each client's matrix (only
 ``plaintext`` does), which gates the consensus operators that need them.
 
+Some back-ends need a party besides the clients and the server, and material every party must
+hold before the first round (``ckks``: a key holder and its public context). Once per run,
+:meth:`AggregationBackend.start_run` creates them as :class:`RunParties`: the public material is
+handed to every party out of band (like the registry of identity keys) and its digest bound
+into the round parameters; each helper party answers requests in the exchange like a client.
+
 Rules for changing it: a new back-end lives in its own folder, subclasses these classes and
 registers itself with :func:`register`; the round loop never branches on a back-end's name.
 """
@@ -57,6 +63,7 @@ class ClientContext:
     randomness: Randomness
     identity: Identity | None = None
     registry: Mapping[str, bytes] = field(default_factory=dict)  # id -> Ed25519 public key
+    public: Mapping[str, bytes] = field(default_factory=dict)  # RunParties.public
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,22 @@ class NoisePlan:
     noise_multiplier: float
     clip: float
     placement: str = "local"
+
+
+class Helper(Protocol):
+    """A party of the exchange that is neither a client nor the server (the CKKS key holder)."""
+
+    def respond(self, request: bytes) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class RunParties:
+    """What a back-end sets up once per run: ``public`` material every party receives before
+    the first round (name -> bytes; its digest is bound into the round parameters) and
+    ``helpers``, the parties besides clients and server, by id."""
+
+    public: Mapping[str, bytes] = field(default_factory=dict)
+    helpers: Mapping[str, Helper] = field(default_factory=dict)
 
 
 class ClientAggregator(ABC):
@@ -118,10 +141,18 @@ class AggregationBackend(ABC):
     name: str
     reveals_individual: bool
 
+    def start_run(self, noise: NoisePlan, *, cohort: tuple[str, ...], prompts: int, dim: int,
+                  settings: Any, randomness: Randomness) -> RunParties:
+        """Once per run, before any round: the back-end's helper parties and public material
+        (none by default). Raises ValueError when the back-end cannot serve this run."""
+        return RunParties()
+
     @abstractmethod
     def round_params(self, noise: NoisePlan, *, cohort_size: int, length: int,
-                     settings: Any) -> dict[str, Any]:
-        """Parameters every party must agree on (bound into the session id)."""
+                     settings: Any, public: Mapping[str, bytes] | None = None
+                     ) -> dict[str, Any]:
+        """Parameters every party must agree on (bound into the session id); ``public`` is
+        the run's :attr:`RunParties.public`."""
 
     @abstractmethod
     def planned_event(self, noise_multiplier: float, count: int) -> ev.DpEvent:
@@ -132,7 +163,8 @@ class AggregationBackend(ABC):
     def client(self, ctx: ClientContext) -> ClientAggregator: ...
 
     @abstractmethod
-    def server(self, spec: RoundSpec, registry: Mapping[str, bytes]) -> ServerAggregator: ...
+    def server(self, spec: RoundSpec, registry: Mapping[str, bytes],
+               public: Mapping[str, bytes] | None = None) -> ServerAggregator: ...
 
 
 class Collector(Protocol):

@@ -82,6 +82,7 @@ class Client:
                  prompt_hash: str, embedder: Embedder, ledger: Ledger, plan: PrivacyPlan,
                  backend: AggregationBackend, randomness: Randomness,
                  identity: Identity | None = None, registry: Mapping[str, bytes] | None = None,
+                 public: Mapping[str, bytes] | None = None,
                  private_data: list[Example] | None = None,
                  store: ClientStore | None = None) -> None:
         self.cfg, self.ccfg, self.id = cfg, ccfg, ccfg.id
@@ -89,6 +90,7 @@ class Client:
         self.embedder, self.ledger, self.plan = embedder, ledger, plan
         self.backend, self.rng = backend, randomness
         self.identity, self.registry = identity, dict(registry or {})
+        self.public = dict(public or {})  # the back-end's run-level public material
         self._agg: ClientAggregator | None = None
         self.store = store  # durable state for crash and resume (None: in memory only)
         self.stage = StageMachine(f"client {self.id}")
@@ -195,7 +197,7 @@ class Client:
     def _check_spec(self, spec: RoundSpec) -> None:
         try:
             want = expected_params(self.cfg, self.plan, cohort_size=len(spec.cohort),
-                                   dim=self.embedder.dim)
+                                   dim=self.embedder.dim, public=self.public)
         except ValueError as e:
             raise ProtocolAbort(f"client {self.id}: cannot take part in a round of "
                                 f"{len(spec.cohort)} clients ({e})") from None
@@ -318,7 +320,7 @@ class Client:
         self.log.clip_factor = factor
         agg = self.backend.client(ClientContext(spec=spec, client_id=self.id,
                                                 randomness=self.rng, identity=self.identity,
-                                                registry=self.registry))
+                                                registry=self.registry, public=self.public))
         digest = params_digest(spec.round, self.backend.name, spec.params)
         cached = self.store.load_release(spec.round, digest) if self.store else None
         if cached is not None:  # T28: resend what may already have left; no fresh noise

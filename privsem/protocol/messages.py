@@ -270,10 +270,48 @@ class UnmaskShares:
     shares: tuple[bytes, ...]
 
 
+# ---------------------------------------------------------------------------------------------
+# CKKS back-end: serialised TenSEAL ciphertexts as raw bytes, one per chunk of N/2 slots.
+
+
+@dataclass(frozen=True)
+class CkksUpload:
+    """Client → aggregator: the noised matrix and its count slot, encrypted under the key
+    holder's public context (digest in the round parameters)."""
+
+    TYPE: ClassVar[str] = "ckks_upload"
+    session_id: str
+    round: int
+    client: str
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class DecryptRequest:
+    """Aggregator → key holder: the encrypted sum of the named contributors' uploads."""
+
+    TYPE: ClassVar[str] = "ckks_decrypt_request"
+    session_id: str
+    round: int
+    contributors: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class AggregateRelease:
+    """Key holder → aggregator: the decrypted sum with flooding noise, rounded to the grid."""
+
+    TYPE: ClassVar[str] = "ckks_release"
+    session_id: str
+    round: int
+    contributors: tuple[str, ...]
+    total: np.ndarray  # (prompts, dim) float64
+
+
 MESSAGE_TYPES: dict[str, Any] = {c.TYPE: c for c in (
     RoundSpec, EmbeddingUpload, ConsensusBroadcast, Nomination, PseudoLabels, MaskKeys,
     MaskRoster, MaskShares, MaskSharesDelivery, MaskedInput, SurvivorList, SurvivorSignature,
-    UnmaskRequest, UnmaskShares)}
+    UnmaskRequest, UnmaskShares, CkksUpload, DecryptRequest, AggregateRelease)}
 
 
 def decode(frame: bytes, expected: Any = None) -> Any:

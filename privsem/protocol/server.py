@@ -31,10 +31,12 @@ class Server:
     def __init__(self, cfg: RunConfig, *, prompts: list[PublicPrompt], prompt_hash: str,
                  dim: int, plan: PrivacyPlan, backend: AggregationBackend,
                  registry: Mapping[str, bytes] | None = None,
+                 public: Mapping[str, bytes] | None = None,
                  embedder: Embedder | None = None) -> None:
         self.cfg, self.prompts, self.prompt_hash = cfg, prompts, prompt_hash
         self.dim, self.plan, self.backend, self.embedder = dim, plan, backend, embedder
         self.registry = dict(registry or {})
+        self.public = dict(public or {})  # the back-end's run-level public material
         self.abort_reason: str | None = None
         self.stage = StageMachine("server")
         self.spec: RoundSpec | None = None
@@ -43,13 +45,14 @@ class Server:
         self.consensus: Consensus | None = None
 
     def open_round(self, rnd: int, cohort: tuple[str, ...]) -> bytes:
-        params = expected_params(self.cfg, self.plan, cohort_size=len(cohort), dim=self.dim)
+        params = expected_params(self.cfg, self.plan, cohort_size=len(cohort), dim=self.dim,
+                                 public=self.public)
         self.spec = RoundSpec(round=rnd, session_id=session_id(rnd, cohort, self.prompt_hash,
                                                                params),
                               cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
                               prompt_set_hash=self.prompt_hash, dim=self.dim, params=params)
         self.stage.advance(Stage.SPEC)
-        self._agg = self.backend.server(self.spec, self.registry)
+        self._agg = self.backend.server(self.spec, self.registry, self.public)
         self.result, self.consensus, self.abort_reason = None, None, None
         return encode(self.spec)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from privsem.aggregation import get_backend
@@ -12,10 +12,11 @@ from privsem.config import RunConfig
 from privsem.privacy.plan import PrivacyPlan
 
 
-def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int,
-                    dim: int) -> dict[str, Any]:
+def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int, dim: int,
+                    public: Mapping[str, bytes] | None = None) -> dict[str, Any]:
     """The round parameters every party must agree on (compared exactly, as JSON values),
-    including the aggregation back-end's (masking modulus, scale, noise, graph, thresholds)."""
+    including the aggregation back-end's (masking modulus, scale, noise, graph, thresholds;
+    for ``ckks`` the digest of the key holder's public context, from ``public``)."""
     backend = get_backend(cfg.aggregation.backend)
     return {
         "backend": cfg.aggregation.backend,
@@ -27,7 +28,8 @@ def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int,
         "encoder": cfg.embedding.model,
         "aggregation": backend.round_params(plan.noise(), cohort_size=cohort_size,
                                             length=plan.prompts * dim,
-                                            settings=cfg.aggregation.masked),
+                                            settings=cfg.aggregation.settings(),
+                                            public=public),
     }
 
 

@@ -87,6 +87,9 @@ def promises(data: RunData) -> list[Block]:
         if cfg.privacy.client.placement == "local" and cfg.aggregation.backend == "masked":
             s.append("Each client adds the full noise itself, so this holds even if the server "
                      "and the secure aggregation could not be trusted.")
+        elif cfg.privacy.client.placement == "local" and cfg.aggregation.backend == "ckks":
+            s.append("Each client adds the full noise itself, so this holds even if the "
+                     "aggregator and the key holder colluded and decrypted single uploads.")
         elif cfg.privacy.client.placement == "local":
             s.append("Each client adds the full noise itself, so this holds against the server "
                      "too, which sees each noisy upload.")
@@ -110,6 +113,16 @@ def promises(data: RunData) -> list[Block]:
         else:
             s.append("**The server sees only a sum** of the survivors' masked uploads, never one "
                      "client's upload.")
+    elif cfg.aggregation.backend == "ckks":
+        ck = data.ckks
+        least = f"at least {ck.min_contributors} of {n}" if ck is not None else "enough"
+        s.append("**The server sees only ciphertexts and their decrypted sum.** Each upload is "
+                 "encrypted (CKKS, 128-bit security) under the public key of a separate key "
+                 "holder; the server, acting as aggregator, adds the ciphertexts without being "
+                 "able to decrypt them, and the key holder decrypts only the sum of "
+                 f"{least} clients, once per round, with flooding noise. This rests on "
+                 "cryptography (ring learning with errors) and on the aggregator and the key "
+                 "holder not colluding.")
     else:
         s.append("**The server sees every upload**: with the `plaintext` back-end each client's "
                  "noisy upload reaches the server as it is; only the noise protects it.")
@@ -330,6 +343,42 @@ def parties(data: RunData) -> list[Block]:
         key_holder = ("**None in this back-end**: no party holds a key that decrypts uploads. "
                       "Each client's mask secrets are split by Shamir sharing among itself and "
                       f"its neighbours{holders}.")
+    elif cfg.aggregation.backend == "ckks":
+        c, ck = cfg.aggregation.ckks, data.ckks
+        digest = next((str(r.aggregation["context_digest"]) for r in data.rows
+                       if r.aggregation.get("context_digest")), None)
+        ctx = (f"the key holder's public context (SHA-256 {digest[:16]}…, bound into every "
+               "round's session id; no secret key)" if digest else
+               "the key holder's public context (no secret key)")
+        least = str(ck.min_contributors) if ck is not None else "the minimum number of"
+        server_saw = (
+            f"`ckks` back-end (TenSEAL CKKS, N = {c.poly_modulus_degree}, primes "
+            f"{list(c.coeff_mod_bit_sizes)} bits, scale 2^{c.scale_bits}, 128-bit security), "
+            f"acting as the aggregator: {ctx}; each client's upload as ciphertexts, which it "
+            "checked against that context and added without decrypting; and from the key "
+            "holder the decrypted sum over the contributors, with flooding noise of std "
+            f"{c.flood_std:.2g} and rounded to multiples of 2^-{c.grid_bits}. It learns **only "
+            "the noisy sum over the survivors**, never one client's matrix, and never held a "
+            "secret key" + ("; then the nominated texts (shared selection)." if shared else "."))
+        server_hidden = ("any one client's matrix, noisy or not; the secret key; private "
+                         "training data; model weights" + ("" if shared else
+                                                           "; any generated text"))
+        others_saw = ("the key holder's public context, the consensus points and agreement "
+                      "per prompt" + (" and the chosen pseudo-label texts." if shared else
+                                      "; pseudo-labels were chosen locally, so no text left "
+                                      "any client."))
+        key_holder = (
+            "**`key-holder`, a party separate from the server**: it made the run's CKKS keys and "
+            "**alone held the secret key**; the clients and the aggregator held only the public "
+            "context. Each round it received one encrypted sum and the list of its "
+            f"contributors, refused any sum of fewer than {least} cohort members or whose "
+            "count slot disagreed with that list, decrypted it once (a second request for the "
+            "round is refused), and released it with flooding noise, rounded.")
+        sizes = [b["request"] for r in data.rows
+                 if isinstance(b := r.aggregate_detail.get("bytes"), dict) and "request" in b]
+        if sizes:
+            key_holder += (f" The encrypted sum it received was {_kb(max(sizes))} KiB per "
+                           "round.")
     else:
         server_saw = ("`plaintext` back-end: every contributing client's clipped and noised "
                       f"embedding matrix, the sum, and the consensus{texts_server}.")
@@ -340,6 +389,8 @@ def parties(data: RunData) -> list[Block]:
                          "; pseudo-labels were chosen locally, so no text left any client."))
         key_holder = ("**None in this back-end**: uploads are not encrypted; the server reads "
                       "each noisy matrix.")
+    key_holder_hidden = ("each client's ciphertexts and matrix; private training data; model "
+                         "weights; any text" if cfg.aggregation.backend == "ckks" else "–")
     others_hidden = ("other clients' uploads, models and private data"
                      + ("" if shared else "; any generated text"))
     out: list[Block] = [
@@ -347,8 +398,8 @@ def parties(data: RunData) -> list[Block]:
         Table(("party", "what it saw", "what stays hidden from it"), (
             ("**Server**", server_saw, server_hidden),
             ("**Other clients**", others_saw, others_hidden),
-            ("**Key holder**", key_holder, "–")))]
-    if cfg.aggregation.backend == "masked" and data.outcomes:
+            ("**Key holder**", key_holder, key_holder_hidden)))]
+    if cfg.aggregation.backend in ("masked", "ckks") and data.outcomes:
         items = []
         for o in data.outcomes:
             if o.aborted:

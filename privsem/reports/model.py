@@ -14,7 +14,7 @@ Rules for changing it:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,8 @@ class ClientRound:
     round_aborted: str | None
     status: tuple[str, ...]
     lora_parameters: int | None
+    aggregation: dict[str, object] = field(default_factory=dict)  # the client's back-end stats
+    aggregate_detail: dict[str, object] = field(default_factory=dict)  # the server side's
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ class UnitSpend:
 
 
 @dataclass(frozen=True)
+class CkksFigures:
+    """The ckks back-end's cohort figure: contributors the key holder requires."""
+
+    min_contributors: int
+
+
+@dataclass(frozen=True)
 class Masking:
     """The masked back-end's cohort figures: neighbours per client, share threshold, minimum
     survivors (from the configuration and the cohort size, as every party derives them)."""
@@ -122,6 +131,7 @@ class RunData:
     masking: Masking | None
     seconds: float | None  # wall time, when the runner measured it
     notes: tuple[str, ...]  # discrepancies the reader must know about
+    ckks: CkksFigures | None = None
 
     @property
     def clients(self) -> tuple[str, ...]:
@@ -172,7 +182,9 @@ def _row(path: Path, n: int, d: dict[str, Any]) -> ClientRound:
             epsilon_record=float(d["epsilon_record"]), epsilon_client=float(d["epsilon_client"]),
             counted=bool(d.get("counted")), dropped=tuple(d.get("dropped") or ()),
             round_aborted=d.get("round_aborted"), status=tuple(d.get("status") or ()),
-            lora_parameters=d.get("lora_parameters"))
+            lora_parameters=d.get("lora_parameters"),
+            aggregation=dict(d.get("aggregation") or {}),
+            aggregate_detail=dict(d.get("aggregate_detail") or {}))
     except KeyError as e:
         raise DataError(str(path), n, f"missing field {e.args[0]!r}; the file was not written by "
                         "this version of privsem or is damaged") from None
@@ -231,6 +243,14 @@ def _check_against_metrics(spend: dict[str, UnitSpend], rows: tuple[ClientRound,
                          f"ε={ledger_eps:.4f}, more than the {recorded:.4f} the metrics "
                          "recorded; the report shows the ledger's figure.")
     return notes
+
+
+def _ckks(cfg: RunConfig) -> CkksFigures | None:
+    if cfg.aggregation.backend != "ckks":
+        return None
+    from privsem.aggregation.ckks import min_contributors
+    return CkksFigures(min_contributors(cfg.aggregation.ckks.min_contributors,
+                                        len(cfg.clients)))
 
 
 def _masking(cfg: RunConfig, prompts: int) -> Masking | None:
@@ -325,4 +345,5 @@ def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
                    ledger_head=entries[-1].hash if entries else "", last_round=last,
                    spend=spend, outcomes=_outcomes(rows), prompt_ids=prompt_ids,
                    examples=_examples(cfg, plan, run_dir), masking=_masking(cfg, len(prompt_ids)),
+                   ckks=_ckks(cfg),
                    seconds=seconds, notes=tuple(notes))

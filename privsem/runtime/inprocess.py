@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from privsem.aggregation import get_backend, run_exchanges
+from privsem.aggregation.base import Helper
 from privsem.aggregation.masked.crypto import Identity
 from privsem.audits.planting import plant_for_run
 from privsem.config import RunConfig, dump_yaml
@@ -44,6 +45,7 @@ class Federation:
     clients: dict[str, Client]
     ledger: Ledger
     plan: PrivacyPlan
+    helpers: dict[str, Helper]  # the back-end's parties besides clients and server
 
 
 Progress = Callable[[str], None]
@@ -110,9 +112,19 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
     # trusts (a PKI set up out of band; in-process it is simply handed to everyone).
     identities = {c.id: Identity() for c in cfg.clients}
     registry = {cid: ident.public for cid, ident in identities.items()}
+    resumed = ("resume", resumes) if resumes else ()
+    # The back-end's own parties (ckks: the key holder, which makes its keys here) and the
+    # public material every party receives before the first round.
+    progress(f"setting up {backend.name} aggregation")
+    parties = backend.start_run(plan.noise(), cohort=tuple(c.id for c in cfg.clients),
+                                prompts=len(prompts), dim=embedder.dim,
+                                settings=cfg.aggregation.settings(),
+                                randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
+                                                           "helpers", *resumed))
     # Fail before any training if the back-end cannot serve this cohort (e.g. modulus too
     # small for the number of clients).
-    expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=embedder.dim)
+    expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=embedder.dim,
+                    public=parties.public)
     clients = {}
     for c in cfg.clients:
         progress(f"loading {c.id}: {c.model.name}")
@@ -125,11 +137,12 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
                                                           *(("resume", resumes) if resumes
                                                             else ())),
                                identity=identities[c.id], registry=registry,
-                               private_data=private[c.id],
+                               public=parties.public, private_data=private[c.id],
                                store=ClientStore(out / "state" / c.id))
     server = Server(cfg, prompts=prompts, prompt_hash=phash, dim=embedder.dim, plan=plan,
-                    backend=backend, registry=registry, embedder=embedder)
-    return Federation(cfg, out, server, clients, ledger, plan)
+                    backend=backend, registry=registry, public=parties.public,
+                    embedder=embedder)
+    return Federation(cfg, out, server, clients, ledger, plan, dict(parties.helpers))
 
 
 Traffic = dict[str, dict[str, Any]]
@@ -142,6 +155,8 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
     traffic: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
 
     def count(cid: str, stage: str, direction: str, n: int) -> None:
+        # helper parties (the key holder) are counted too, under their own id
+        traffic.setdefault(cid, {"up": 0, "down": 0, "stages": {}})
         traffic[cid][direction] += n
         st = traffic[cid]["stages"].setdefault(stage, {"up": 0, "down": 0})
         st[direction] += n
@@ -160,12 +175,18 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
         if frame is not None:
             first[cid] = frame
     progress(f"round {rnd}: secure aggregation ({fed.server.backend.name})")
-    aborted = run_exchanges(fed.server.collector,                               # 6. aggregate
-                            {cid: c.on_aggregation for cid, c in fed.clients.items()}, first,
+    respond: dict[str, Callable[[bytes], bytes | None]] = {
+        cid: c.on_aggregation for cid, c in fed.clients.items()}
+    respond.update({hid: h.respond for hid, h in fed.helpers.items()})
+    aborted = run_exchanges(fed.server.collector, respond, first,               # 6. aggregate
                             drop=drop, traffic=count)
     for cid, reason in aborted.items():
-        fed.clients[cid].abort_round()
-        fed.clients[cid].log.status.append(f"aborted: {reason}")
+        if cid in fed.clients:
+            fed.clients[cid].abort_round()
+            fed.clients[cid].log.status.append(f"aborted: {reason}")
+        else:  # a helper party refused or went silent: every client hears why
+            for client in fed.clients.values():
+                client.log.status.append(f"{cid}: {reason}")
     progress(f"round {rnd}: server forms the consensus")
     broadcast = fed.server.close_uploads()                                      # 7. consensus
     if broadcast is None:
@@ -225,6 +246,10 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
         "dropped": list(fed.server.result.dropped) if rnd > 0 and fed.server.result else [],
         "round_aborted": fed.server.abort_reason if rnd > 0 else None,
         "aggregation": log.aggregation if rnd > 0 else {},
+        # what the server's side of the back-end recorded (ckks: context digest, bytes to and
+        # from the key holder); JSON values only
+        "aggregate_detail": json.loads(json.dumps(dict(fed.server.result.detail), default=str))
+        if rnd > 0 and fed.server.result else {},
         "epsilon_record": fed.ledger.spent(client.id, "record", delta=rd),
         "epsilon_client": fed.ledger.spent(client.id, "client", delta=cd),
         "status": log.status if rnd > 0 else ["before training"],

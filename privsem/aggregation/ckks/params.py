@@ -124,6 +124,28 @@ class CkksParams:
         return (contributors * self.fresh_error() + FLOOD_SIGMAS * self.flood_std
                 + 2.0 ** -(self.grid_bits + 1))
 
+    @classmethod
+    def from_json(cls, data: Any) -> CkksParams:
+        """Parameters from :meth:`to_json` output; ValueError naming what is wrong (also for
+        wrong types: callers treat every invalid announcement alike)."""
+        if not isinstance(data, dict):
+            raise ValueError(  # noqa: TRY004
+                f"ckks: parameters must be a mapping, got {type(data).__name__}")
+        names = set(cls.__dataclass_fields__)
+        if set(data) != names:
+            raise ValueError(f"ckks: parameters must have exactly the fields {sorted(names)}, "
+                             f"got {sorted(data)}")
+        bits = data["coeff_mod_bit_sizes"]
+        if not isinstance(bits, (list, tuple)):
+            raise ValueError(  # noqa: TRY004
+                f"ckks: coeff_mod_bit_sizes must be a list, got {bits!r}")
+        vb, flood = data["value_bound"], data["flood_std"]
+        if isinstance(vb, bool) or isinstance(flood, bool) or not (
+                isinstance(vb, (int, float)) and isinstance(flood, (int, float))):
+            raise ValueError("ckks: value_bound and flood_std must be numbers")  # noqa: TRY004
+        return cls(**{**data, "coeff_mod_bit_sizes": tuple(bits), "value_bound": float(vb),
+                      "flood_std": float(flood)})
+
     def to_json(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "dim": self.dim, "cohort_size": self.cohort_size,
                 "value_bound": self.value_bound,

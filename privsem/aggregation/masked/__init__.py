@@ -37,7 +37,8 @@ class MaskedBackend(AggregationBackend):
     reveals_individual = False
 
     def round_params(self, noise: NoisePlan, *, cohort_size: int, length: int,
-                     settings: Any) -> dict[str, Any]:
+                     settings: Any, public: Mapping[str, bytes] | None = None
+                     ) -> dict[str, Any]:
         return derive_params(
             cohort_size=cohort_size, length=length, clip=noise.clip,
             noise_multiplier=noise.noise_multiplier, placement=noise.placement,
@@ -57,7 +58,8 @@ class MaskedBackend(AggregationBackend):
     def client(self, ctx: ClientContext) -> ClientAggregator:
         return MaskedClient(ctx)
 
-    def server(self, spec: RoundSpec, registry: Mapping[str, bytes]) -> ServerAggregator:
+    def server(self, spec: RoundSpec, registry: Mapping[str, bytes],
+               public: Mapping[str, bytes] | None = None) -> ServerAggregator:
         return MaskedServer(spec, registry)
 
 

@@ -142,7 +142,8 @@ class PlaintextBackend(AggregationBackend):
     reveals_individual = True
 
     def round_params(self, noise: NoisePlan, *, cohort_size: int, length: int,
-                     settings: Any) -> dict[str, Any]:
+                     settings: Any, public: Mapping[str, bytes] | None = None
+                     ) -> dict[str, Any]:
         if noise.placement != "local":
             raise ValueError("plaintext: only local noise placement is possible without secure "
                              "aggregation")
@@ -154,5 +155,6 @@ class PlaintextBackend(AggregationBackend):
     def client(self, ctx: ClientContext) -> ClientAggregator:
         return _Client(ctx)
 
-    def server(self, spec: RoundSpec, registry: Mapping[str, bytes]) -> ServerAggregator:
+    def server(self, spec: RoundSpec, registry: Mapping[str, bytes],
+               public: Mapping[str, bytes] | None = None) -> ServerAggregator:
         return _Server(spec)
