@@ -111,6 +111,9 @@ def test_round_params_refuse_announced_parameters_that_differ_from_the_partys_ow
                         public=parties.public)
     with pytest.raises(ValueError, match="has none"):
         be.round_params(noise, cohort_size=3, length=24, settings=CkksConfig(), public={})
+    with pytest.raises(ValueError, match="has none"):
+        be.round_params(noise, cohort_size=3, length=24, settings=CkksConfig(),
+                        public={CONTEXT: parties.public[CONTEXT]})
     with pytest.raises(ValueError, match="local noise placement"):
         be.start_run(NoisePlan(noise_multiplier=1.0, clip=2.0, placement="distributed"),
                      cohort=("a", "b", "c"), prompts=3, dim=8, settings=CkksConfig(),
@@ -151,6 +154,7 @@ def test_T38_aggregator_below_the_minimum_asks_nothing_and_key_holder_decrypts_o
     with pytest.raises(ProtocolAbort, match="already decrypted once"):
         r.helpers[KEY_HOLDER].respond(req)
     assert [s.get("released") for s in r.helpers[KEY_HOLDER].seen] == [True, None]
+    assert "already decrypted once" in r.helpers[KEY_HOLDER].seen[1]["refused"]
 
 
 def test_T38_one_clients_ciphertext_passed_off_as_the_sum_is_refused(monkeypatch):
@@ -180,6 +184,8 @@ def test_release_from_anyone_but_the_key_holder_or_of_other_contributors_is_refu
     fake = encode(AggregateRelease(session_id=r.spec.session_id, round=r.spec.round,
                                    contributors=r.spec.cohort, total=np.zeros((3, 8))))
     r.server.receive("c000", fake)  # a client cannot pose as the key holder
+    with pytest.raises(ProtocolAbort, match="released no aggregate"):
+        r.server.finish()
     r.server.receive(KEY_HOLDER, encode(AggregateRelease(
         session_id=r.spec.session_id, round=r.spec.round, contributors=r.spec.cohort[:3],
         total=np.zeros((3, 8)))))
@@ -277,3 +283,78 @@ def test_ckks_configuration_refusals():
         load_config(preset="smoke", overrides=["aggregation.ckks.min_contributors=0"])
     cfg = load_config(preset="smoke", overrides=["aggregation.backend=ckks"])
     assert cfg.aggregation.settings() == CkksConfig()
+
+
+# ------------------------------------------------------------------ boundary checks, one each
+
+
+def test_aggregator_envelope_checks_exclude_with_a_reason():
+    r = make_round("ckks", n=6, settings=CkksConfig(min_contributors=0.3))  # 2 of 6
+    r.start(grid_inputs(r, seed=6))
+    up = decode(r.first["c001"], CkksUpload)
+    r.server.receive("c000", r.first["c000"])
+    r.server.receive("c001", encode(dataclasses.replace(up, client="c002")))
+    r.server.receive("stranger", encode(dataclasses.replace(up, client="stranger")))
+    r.server.receive("c003", r.first["c003"])
+    r.server.receive("c004", r.first["c004"])
+    r.server.receive("c004", r.first["c003"])  # a second, different upload
+    other = make_round("ckks", n=6)
+    other.start(grid_inputs(other, seed=6))
+    r.server.receive("c002", other.first["c002"])  # an upload of another session
+    req = r.server.next_requests()
+    r.server.receive("c001", r.first["c001"])  # its own upload, too late
+    r.server.receive("c005", r.first["c005"])  # a first upload, too late
+    assert r.server._rejected["c005"] == "upload after the stage closed"
+    assert "names 'c002' as its sender" in r.server._rejected["c001"]
+    assert "not a member of this round's cohort" in r.server._rejected["stranger"]
+    assert r.server._rejected["c002"] == "upload belongs to another session or round"
+    assert "conflicting second upload" in r.server._rejected["c004"]
+    assert decode(req[KEY_HOLDER]).contributors == ("c000", "c003")
+
+
+@pytest.mark.parametrize("fault", ["malformed", "shape", "nan", "twice"])
+def test_a_bad_release_from_the_key_holder_releases_nothing(fault):
+    from privsem.protocol.messages import AggregateRelease
+
+    r = make_round("ckks", n=4)
+    r.start(grid_inputs(r, seed=5))
+    for c, f in r.first.items():
+        r.server.receive(c, f)
+    r.server.next_requests()
+    good = dict(session_id=r.spec.session_id, round=r.spec.round, contributors=r.spec.cohort)
+    frames = {"malformed": [b"garbage"],
+              "shape": [encode(AggregateRelease(**good, total=np.zeros((3, 7))))],
+              "nan": [encode(AggregateRelease(**good, total=np.full((3, 8), np.nan)))],
+              "twice": [encode(AggregateRelease(**good, total=np.zeros((3, 8))))] * 2}[fault]
+    for f in frames:
+        r.server.receive(KEY_HOLDER, f)
+    with pytest.raises(ProtocolAbort, match={"malformed": "malformed", "shape": "finite",
+                                             "nan": "finite", "twice": "twice"}[fault]):
+        r.server.finish()
+
+
+def test_key_holder_refuses_a_malformed_request_and_records_what_it_saw():
+    from privsem.aggregation.ckks.keyholder import KeyHolderRefusal
+
+    r = make_round("ckks", n=4)
+    with pytest.raises(KeyHolderRefusal, match="malformed decryption request"):
+        r.helpers[KEY_HOLDER].respond(b"not a request")
+    assert r.helpers[KEY_HOLDER].seen == []
+
+
+def test_client_clamps_to_the_value_bound_and_checks_the_rounds_shape():
+    r = make_round("ckks", n=4, noise_multiplier=0.5)
+    client = r.clients["c000"]
+    x = np.zeros((3, 8))
+    x[0, 0], x[1, 1] = 1e6, -1e6  # far beyond clip · (1 + 8 z) = 10
+    noised = client.add_noise(x)
+    assert noised[0, 0] == 10.0 and noised[1, 1] == -10.0
+    assert client.stats["clamped_entries"] == 2
+    from privsem.aggregation.base import ClientContext
+
+    for spec in (dataclasses.replace(r.spec, dim=9),
+                 dataclasses.replace(r.spec, params={"aggregation": {"ckks": {}}})):
+        with pytest.raises(ProtocolAbort, match="parameters for a|incomplete or invalid"):
+            get_backend("ckks").client(ClientContext(
+                spec=spec, client_id="c000", randomness=SeededRandomness(0, "c000"),
+                public=r.public))
