@@ -1,5 +1,6 @@
 """Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``,
-``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``."""
+``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``,
+``privsem check [CONFIG] [--preset NAME] [--threat-model NAME ...]``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,36 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "report.md"):
         print(f"  {out / name}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Which threat models the configuration defends and why; exit 1 when a claimed one (in
+    the configuration's ``threat_models`` or by ``--threat-model``) does not hold, 2 when the
+    configuration itself is refused."""
+    import json
+
+    from privsem.config import load_config
+    from privsem.errors import ConfigError
+    from privsem.threats import assess, describe, load_catalogue, refuse_false_claims, to_json
+
+    preset = args.preset if (args.preset or args.config) else "demo"
+    cfg = load_config(args.config, preset=None if args.config else preset,
+                      overrides=args.set or [])
+    claims = tuple(args.threat_model or ())
+    try:
+        result = refuse_false_claims(cfg, claims)
+        refused = None
+    except ConfigError as e:
+        result, refused = assess(cfg, load_catalogue()), e
+    if args.json:
+        print(json.dumps({**to_json(cfg, result), "claims": [*cfg.threat_models, *claims],
+                          "refused": str(refused) if refused else None}, indent=2))
+    else:
+        print(describe(cfg, result))
+    if refused is not None:
+        print(f"\nprivsem: refused: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -172,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue an interrupted run after its last completed round")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=_run)
+    c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
+                       "exits 1 when a claimed one does not hold")
+    c.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    c.add_argument("--preset", help="built-in preset: demo, smoke or audit")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    c.add_argument("--threat-model", action="append", metavar="NAME",
+                   help="claim this threat model (repeatable); exit 1 if it does not hold")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(fn=_check)
     m = sub.add_parser("models", help="list built-in model names")
     m.set_defaults(fn=_models)
     d = sub.add_parser("demo-data", help="write the demo federation's files to DIR")

@@ -394,6 +394,9 @@ class RunConfig:
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    # Threat models this configuration claims to defend (ids of threat_models/catalogue.yaml);
+    # `privsem run` refuses to start when one does not hold (privsem.threats).
+    threat_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", self.rounds, "use an integer >= 1")

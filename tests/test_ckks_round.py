@@ -321,7 +321,8 @@ def test_a_bad_release_from_the_key_holder_releases_nothing(fault):
     for c, f in r.first.items():
         r.server.receive(c, f)
     r.server.next_requests()
-    good = dict(session_id=r.spec.session_id, round=r.spec.round, contributors=r.spec.cohort)
+    good = {"session_id": r.spec.session_id, "round": r.spec.round,
+            "contributors": r.spec.cohort}
     frames = {"malformed": [b"garbage"],
               "shape": [encode(AggregateRelease(**good, total=np.zeros((3, 7))))],
               "nan": [encode(AggregateRelease(**good, total=np.full((3, 8), np.nan)))],

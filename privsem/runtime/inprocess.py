@@ -312,7 +312,9 @@ def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
     after its last completed round, each client from its own checkpoint (T28); without, it is
     refused."""
     from privsem.reports.markdown import write_report
+    from privsem.threats import refuse_false_claims
 
+    refuse_false_claims(cfg)  # fail closed, before any file or data is touched
     out = Path(out)
     started = time.time()
     progress_file = _progress_file(out)
