@@ -6,10 +6,17 @@ Uploads are validated at the boundary: a frame that fails to decode, belongs to 
 or round, comes from outside the cohort, has the wrong shape or non-finite values is excluded
 with a reason (T30); a retransmit of the same payload is counted once and a conflicting second
 payload is rejected (T10).
+
+Norm bound (T31): an honest upload is a matrix of Frobenius norm at most C plus Gaussian noise
+of std σ = z·C in each of its k = prompts·d entries, whose norm exceeds σ(√k + t) with
+probability at most exp(−t²/2) (Lipschitz concentration). The server excludes any upload above
+C + σ(√k + 8) (an honest client fails with probability below e^-32), which bounds what f
+Byzantine clients can do to the mean: it moves by at most 2·B·f/n in Frobenius norm.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +37,15 @@ from privsem.privacy.analysis import gaussian_event
 from privsem.protocol.messages import EmbeddingUpload, RoundSpec, decode, encode
 
 STAGE = "upload"
+NORM_SIGMAS = 8.0  # the concentration margin t of the upload norm bound
+
+
+def upload_norm_bound(spec: RoundSpec) -> float:
+    """The largest Frobenius norm an honest client's noisy upload reaches, but for a chance
+    below exp(−NORM_SIGMAS²/2): C + z·C·(√k + NORM_SIGMAS), with a float32 margin."""
+    z, clip = _noise(spec)
+    k = len(spec.prompt_ids) * spec.dim
+    return (clip + z * clip * (math.sqrt(k) + NORM_SIGMAS)) * (1 + 1e-6)
 
 
 def _noise(spec: RoundSpec) -> tuple[float, float]:
@@ -81,6 +97,7 @@ class _Server(ServerAggregator):
         self._raw: dict[str, bytes] = {}
         self._rejected: dict[str, str] = {}
         self._closed = False
+        self._bound = upload_norm_bound(spec)
 
     def _reject(self, client: str, reason: str) -> None:
         self._rejected[client] = reason
@@ -112,6 +129,9 @@ class _Server(ServerAggregator):
             problem = f"matrix shape {up.matrix.shape} is not {(len(s.prompt_ids), s.dim)}"
         elif not np.all(np.isfinite(up.matrix)) or not np.isfinite(up.noise_std):
             problem = "matrix has non-finite values"
+        elif (norm := float(np.linalg.norm(up.matrix.astype(np.float64)))) > self._bound:
+            problem = (f"matrix norm {norm:.4g} exceeds {self._bound:.4g}, the most an "
+                       "honest clipped and noised upload reaches (a Byzantine upload, T31)")
         if problem:
             self._reject(client, problem)
         else:

@@ -1,0 +1,96 @@
+"""Attack tests of the threat models (threat_models/catalogue.yaml) that no back-end issue owns.
+
+T31: f Byzantine clients push a target text through the consensus ("a little is enough" style:
+every Byzantine upload as large as the boundary accepts, pointing at the target).
+"""
+
+import numpy as np
+import pytest
+from aggregation_harness import make_round
+
+from privsem.aggregation.plaintext import upload_norm_bound
+from privsem.consensus import mean_consensus, robust_consensus, select_nearest
+from privsem.protocol.messages import EmbeddingUpload, encode
+
+N, F, P, D = 10, 3, 4, 32
+Z, CLIP = 0.05, 2.0  # the joint clip is √P = 2 for unit rows
+
+
+def _directions(seed):
+    """Per prompt, the honest answer's direction u_j and an orthogonal target t_j (unit)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((P, D))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    t = rng.standard_normal((P, D))
+    t -= np.sum(t * u, axis=1, keepdims=True) * u
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    return u, t
+
+
+def _byzantine_upload(r, client, matrix):
+    s = r.spec
+    return encode(EmbeddingUpload(session_id=s.session_id, round=s.round, client=client,
+                                  noise_std=Z * CLIP, matrix=matrix.astype(np.float32)))
+
+
+def _attacked_round(seed, *, scale):
+    """n − f honest clients answer u_j (clipped, noised by their own client code); f Byzantine
+    clients send the target t in prompt 0 only, at Frobenius norm ``scale``."""
+    r = make_round("plaintext", n=N, prompts=P, dim=D, noise_multiplier=Z, clip=CLIP,
+                   seed=seed)
+    u, t = _directions(seed)
+    rng = np.random.default_rng(seed + 1)
+    honest = r.spec.cohort[:N - F]
+    inputs = {}
+    for c in honest:
+        x = u + 0.1 * rng.standard_normal((P, D))
+        inputs[c] = x / np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: norm √P = C
+    r.start(inputs)
+    attack = np.zeros((P, D))
+    attack[0] = t[0] * scale
+    for c in r.spec.cohort[N - F:]:
+        r.first[c] = _byzantine_upload(r, c, attack)
+    r.run()
+    return r, u, t, honest
+
+
+def test_T31_the_server_refuses_uploads_above_the_honest_norm_bound():
+    r, *_ = _attacked_round(0, scale=10 * CLIP)
+    bound = upload_norm_bound(r.spec)
+    assert CLIP < bound < 10 * CLIP
+    res = r.server.finish()
+    assert len(res.contributors) == N - F
+    assert all("exceeds" in res.rejected[c] for c in r.spec.cohort[N - F:])
+
+
+def _bound():
+    return upload_norm_bound(make_round("plaintext", n=N, prompts=P, dim=D,
+                                        noise_multiplier=Z, clip=CLIP).spec)
+
+
+def test_T31_the_mean_moves_at_most_two_bound_f_over_n():
+    r0, *_ = _attacked_round(1, scale=0.0)  # the same honest uploads (same seeds), no attack
+    honest_uploads = r0.server.finish().individual
+    bound = _bound()
+    r, u, t, honest = _attacked_round(1, scale=bound * 0.999)  # as large as accepted
+    res = r.server.finish()
+    assert len(res.contributors) == N  # every Byzantine upload passed the boundary
+    attacked = res.total / N
+    clean = sum(honest_uploads[c] for c in honest) / (N - F)
+    moved = np.linalg.norm(attacked - clean)
+    assert 0.1 * (2 * bound * F / N) < moved <= 2 * bound * F / N
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_T31_robust_operators_do_not_select_the_target_the_mean_does(seed):
+    r, u, t, honest = _attacked_round(seed, scale=_bound() * 0.999)
+    res = r.server.finish()
+    assert len(res.contributors) == N
+    stack = np.stack([res.individual[c] for c in res.contributors])
+    # candidates per prompt: the honest answer (index 0) and the target text (index 1)
+    cands = np.stack([u, t], axis=1)
+    mean = mean_consensus(res.total, N, noise_variance=res.noise_variance)
+    assert select_nearest(cands, mean.points, mean.agreement, threshold=0.0)[0] == 1
+    for op in ("trimmed_mean", "geometric_median", "medoid"):
+        cons = robust_consensus(stack, op, trim_fraction=0.3)
+        assert select_nearest(cands, cons.points, cons.agreement, threshold=0.0)[0] == 0, op
