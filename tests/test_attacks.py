@@ -72,7 +72,7 @@ def test_T31_the_mean_moves_at_most_two_bound_f_over_n():
     r0, *_ = _attacked_round(1, scale=0.0)  # the same honest uploads (same seeds), no attack
     honest_uploads = r0.server.finish().individual
     bound = _bound()
-    r, u, t, honest = _attacked_round(1, scale=bound * 0.999)  # as large as accepted
+    r, _, _, honest = _attacked_round(1, scale=bound * 0.999)  # as large as accepted
     res = r.server.finish()
     assert len(res.contributors) == N  # every Byzantine upload passed the boundary
     attacked = res.total / N
@@ -83,7 +83,7 @@ def test_T31_the_mean_moves_at_most_two_bound_f_over_n():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_T31_robust_operators_do_not_select_the_target_the_mean_does(seed):
-    r, u, t, honest = _attacked_round(seed, scale=_bound() * 0.999)
+    r, u, t, _ = _attacked_round(seed, scale=_bound() * 0.999)
     res = r.server.finish()
     assert len(res.contributors) == N
     stack = np.stack([res.individual[c] for c in res.contributors])
