@@ -165,3 +165,55 @@ def test_the_servers_complete_view_holds_no_individual_embedding(backend):
     view, releases, inputs = _server_view_and_releases(backend)
     assert len(view) > 5 * 6 * 16 * 4
     assert _leaks(view, releases, inputs) == []
+
+
+# ------------------------------------------------------------------ differencing across rounds
+
+
+def _spec(fed, rnd, cohort):
+    from privsem.protocol.messages import RoundSpec
+    from privsem.protocol.session import expected_params, session_id
+
+    s = fed.server
+    params = expected_params(fed.cfg, fed.plan, cohort_size=len(cohort), dim=s.dim,
+                             public=s.public)
+    return encode(RoundSpec(round=rnd, session_id=session_id(rnd, cohort, s.prompt_hash, params),
+                            cohort=cohort, prompt_ids=tuple(p.id for p in s.prompts),
+                            prompt_set_hash=s.prompt_hash, dim=s.dim, params=params))
+
+
+def _releases(fed, client, rnd):
+    return [e for e in fed.ledger.entries
+            if e.client == client and e.round == rnd and e.mechanism.startswith("embedding")]
+
+
+def test_T33_a_round_re_announced_with_another_cohort_gets_fresh_noise(tmp_path):
+    """Differencing: after a client restarts inside round 1, the server announces round 1 again
+    with one client swapped for one of its own. Resending the cached release would give the
+    server two sums sharing this client's noise draw (and, with distributed noise, only a
+    share of it); the client instead releases afresh under a new ledger charge. The same
+    cohort still gets the cached release back (T28)."""
+    from privsem.config import load_config
+    from privsem.runtime.inprocess import setup
+
+    cfg = load_config(preset="smoke", overrides=[
+        "evaluation.enabled=false", "max_prompts=4", "privacy.client.placement=distributed"])
+    fed = setup(cfg, tmp_path, lambda s: None)
+    alice = fed.clients["alice"]
+    first = _spec(fed, 1, ("alice", "bob", "carol"))
+    assert alice.on_round_spec(first) is not None
+    assert len(_releases(fed, "alice", 1)) == 1
+
+    alice.abort_round()
+    alice.restore(0)  # a restart inside round 1
+    alice.log.status.clear()
+    assert alice.on_round_spec(first) is not None
+    assert any("resent the cached release" in s for s in alice.log.status)
+    assert len(_releases(fed, "alice", 1)) == 1  # the same release: no new charge
+
+    alice.abort_round()
+    alice.restore(0)
+    alice.log.status.clear()
+    assert alice.on_round_spec(_spec(fed, 1, ("alice", "bob", "mallory"))) is not None
+    assert not any("resent" in s for s in alice.log.status)
+    assert len(_releases(fed, "alice", 1)) == 2  # fresh noise, charged again

@@ -321,7 +321,7 @@ class Client:
         agg = self.backend.client(ClientContext(spec=spec, client_id=self.id,
                                                 randomness=self.rng, identity=self.identity,
                                                 registry=self.registry, public=self.public))
-        digest = params_digest(spec.round, self.backend.name, spec.params)
+        digest = params_digest(spec.round, self.backend.name, spec.params, spec.cohort)
         cached = self.store.load_release(spec.round, digest) if self.store else None
         if cached is not None:  # T28: resend what may already have left; no fresh noise
             noised, stats = cached

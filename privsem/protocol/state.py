@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,14 @@ def read_json(path: Path) -> Any:
                              "a new run folder (the ledger stays as it is)") from None
 
 
-def params_digest(round: int, backend: str, params: Mapping[str, Any]) -> str:
-    """What a cached release is only valid for: the round, the back-end and its parameters."""
-    body = json.dumps({"round": round, "backend": backend, "params": params}, sort_keys=True,
-                      default=str)
+def params_digest(round: int, backend: str, params: Mapping[str, Any],
+                  cohort: Sequence[str] = ()) -> str:
+    """What a cached release is only valid for: the round, the back-end, its parameters and the
+    cohort. A round re-announced after a crash with another cohort gets fresh noise (and a new
+    charge), never the cached release: resending it would let a server difference two sums that
+    share every other client's noise (T33)."""
+    body = json.dumps({"round": round, "backend": backend, "params": params,
+                       "cohort": list(cohort)}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
