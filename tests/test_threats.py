@@ -157,3 +157,13 @@ def test_assessment_follows_each_requirement():
                             ("privacy.record.enabled=false", "honest-but-curious-server")]:
         changed = load_config(preset="smoke", overrides=["privacy.randomness=os", override])
         assert {a.model.id: a.status for a in assess(changed)}[model] == "not defended"
+
+
+def test_the_example_configuration_defends_what_it_claims(capsys):
+    example = ROOT / "configs" / "example.yaml"
+    cfg = load_config(str(example))
+    assert cfg.threat_models and cfg.privacy.randomness == "os"
+    assert main(["check", str(example)]) == 0
+    out = capsys.readouterr().out
+    for tm in cfg.threat_models:
+        assert f"[DEFENDED] {tm} (claimed)" in out
