@@ -39,10 +39,6 @@ class Requirement:
     fix: str  # what to change, when it does not
 
 
-def _settings_consistency(cfg: RunConfig) -> bool:
-    return cfg.aggregation.backend == "masked" and cfg.aggregation.masked.consistency_check
-
-
 REQUIREMENTS: dict[str, Requirement] = {
     "client_dp": Requirement(
         lambda c: c.privacy.client.enabled,
@@ -61,7 +57,7 @@ REQUIREMENTS: dict[str, Requirement] = {
         "uploads are pairwise-masked with signed keys and Shamir recovery",
         "set aggregation.backend: masked"),
     "consistency_check": Requirement(
-        _settings_consistency,
+        lambda c: c.aggregation.backend == "masked" and c.aggregation.masked.consistency_check,
         "the signed consistency round stops inconsistent survivor views (dropout faking)",
         "set aggregation.backend: masked and aggregation.masked.consistency_check: true"),
     "ckks": Requirement(
@@ -151,8 +147,10 @@ def assess(cfg: RunConfig, catalogue: dict[str, ThreatModel] | None = None
         missing: list[tuple[str, str]] = []
         for name in tm.requires:
             req = REQUIREMENTS[name]
-            (held if req.holds(cfg) else missing).append(
-                (name, req.because if req.holds(cfg) else req.fix))
+            if req.holds(cfg):
+                held.append((name, req.because))
+            else:
+                missing.append((name, req.fix))
         if not missing:
             status = "defended"
         elif [m for m, _ in missing] == [SIMULATION_ONLY]:

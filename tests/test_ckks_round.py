@@ -304,11 +304,11 @@ def test_aggregator_envelope_checks_exclude_with_a_reason():
     req = r.server.next_requests()
     r.server.receive("c001", r.first["c001"])  # its own upload, too late
     r.server.receive("c005", r.first["c005"])  # a first upload, too late
-    assert r.server._rejected["c005"] == "upload after the stage closed"
-    assert "names 'c002' as its sender" in r.server._rejected["c001"]
-    assert "not a member of this round's cohort" in r.server._rejected["stranger"]
-    assert r.server._rejected["c002"] == "upload belongs to another session or round"
-    assert "conflicting second upload" in r.server._rejected["c004"]
+    assert r.server._inbox.rejected["c005"] == "upload after the stage closed"
+    assert "names 'c002' as its sender" in r.server._inbox.rejected["c001"]
+    assert "not a member of this round's cohort" in r.server._inbox.rejected["stranger"]
+    assert r.server._inbox.rejected["c002"] == "message belongs to another session or round (replay)"
+    assert "conflicting second upload" in r.server._inbox.rejected["c004"]
     assert decode(req[KEY_HOLDER]).contributors == ("c000", "c003")
 
 

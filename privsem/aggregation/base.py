@@ -167,6 +167,71 @@ class AggregationBackend(ABC):
                public: Mapping[str, bytes] | None = None) -> ServerAggregator: ...
 
 
+def envelope_problem(spec: RoundSpec, client: str, msg: Any) -> str | None:
+    """Why ``msg``, received from ``client``, does not belong to this round (None: it does):
+    another session or round (a replay), a sender outside the cohort, or a message that names
+    another sender. Every back-end's server checks this before anything else."""
+    if getattr(msg, "session_id", None) != spec.session_id or getattr(
+            msg, "round", None) != spec.round:
+        return "message belongs to another session or round (replay)"
+    if client not in spec.cohort:
+        return "sender is not a member of this round's cohort"
+    if getattr(msg, "client", None) != client:
+        return f"message names {getattr(msg, 'client', None)!r} as its sender"
+    return None
+
+
+class UploadInbox:
+    """The server's side of a one-message upload stage (``plaintext``, ``ckks``): a retransmit
+    of the same bytes counts once, a conflicting second upload excludes the client (T10),
+    anything after :meth:`close` is refused, and each frame is decoded as ``kind`` with its
+    envelope checked. The back-end validates the contents of what :meth:`take` returns and
+    stores it in :attr:`accepted`; :meth:`reject` also withdraws an accepted upload."""
+
+    def __init__(self, spec: RoundSpec, kind: type) -> None:
+        self.spec, self.kind = spec, kind
+        self.accepted: dict[str, Any] = {}
+        self.rejected: dict[str, str] = {}
+        self.closed = False
+        self._raw: dict[str, bytes] = {}
+
+    def reject(self, client: str, reason: str) -> None:
+        self.rejected[client] = reason
+        self.accepted.pop(client, None)
+
+    def take(self, client: str, payload: bytes) -> Any | None:
+        """The decoded message of a client's first upload with a valid envelope; None (and the
+        reason recorded where there is one) otherwise."""
+        from privsem.errors import MessageError
+        from privsem.protocol.messages import decode
+
+        if self.closed:
+            self.rejected.setdefault(client, "upload after the stage closed")
+            return None
+        if client in self._raw:
+            if self._raw[client] != payload:
+                self.reject(client, "conflicting second upload in one round")
+            return None  # a retransmit of the same payload is counted once
+        self._raw[client] = payload
+        try:
+            msg = decode(payload, self.kind)
+        except MessageError as e:
+            self.reject(client, str(e))
+            return None
+        problem = envelope_problem(self.spec, client, msg)
+        if problem:
+            self.reject(client, problem)
+            return None
+        return msg
+
+    def close(self) -> None:
+        self.closed = True
+
+    def members(self) -> tuple[str, ...]:
+        """Cohort members with an accepted upload, in cohort order."""
+        return tuple(c for c in self.spec.cohort if c in self.accepted)
+
+
 class Collector(Protocol):
     """The collecting side of an exchange: a ServerAggregator, or a server wrapping one."""
 

@@ -40,6 +40,7 @@ from privsem.aggregation.base import (
     NoisePlan,
     RunParties,
     ServerAggregator,
+    UploadInbox,
 )
 from privsem.aggregation.ckks import he
 from privsem.aggregation.ckks.keyholder import KeyHolder, KeyHolderRefusal
@@ -152,49 +153,26 @@ class CkksAggregator(ServerAggregator):
         self.key_holder = str(a.get("key_holder", KEY_HOLDER))
         self._top = he.top_parms_id(self._he)
         self.stage = UPLOAD
-        self._uploads: dict[str, list[ts.CKKSVector]] = {}
-        self._raw: dict[str, bytes] = {}
-        self._rejected: dict[str, str] = {}
+        self._inbox = UploadInbox(spec, CkksUpload)  # accepted: client -> its loaded vectors
         self._requested: tuple[str, ...] = ()
         self._release: np.ndarray | None = None
         self._release_error: str | None = None
         self._bytes = {"uploads": 0, "request": 0, "release": 0}
 
-    def _reject(self, client: str, reason: str) -> None:
-        self._rejected[client] = reason
-        self._uploads.pop(client, None)
-
     def receive(self, client: str, payload: bytes) -> None:
         if self.stage == DECRYPT and client == self.key_holder:
             self._receive_release(payload)
             return
-        if self.stage != UPLOAD:
-            self._rejected.setdefault(client, "upload after the stage closed")
+        if not self._inbox.closed:
+            self._bytes["uploads"] += len(payload)
+        up = self._inbox.take(client, payload)
+        if up is None:
             return
-        if client in self._raw:
-            if self._raw[client] != payload:
-                self._reject(client, "conflicting second upload in one round")
-            return  # a retransmit of the same payload is counted once
-        self._raw[client] = payload
-        self._bytes["uploads"] += len(payload)
         try:
-            up = decode(payload, CkksUpload)
-        except MessageError as e:
-            self._reject(client, str(e))
-            return
-        s = self.spec
-        if up.session_id != s.session_id or up.round != s.round:
-            self._reject(client, "upload belongs to another session or round")
-        elif client not in s.cohort:
-            self._reject(client, "sender is not a member of this round's cohort")
-        elif up.client != client:
-            self._reject(client, f"upload names {up.client!r} as its sender")
-        else:
-            try:
-                self._uploads[client] = he.load_upload(self._he, up.ciphertexts, self.p,
-                                                       self._top)
-            except ProtocolAbort as e:  # CiphertextError: the client is excluded (T36)
-                self._reject(client, str(e))
+            self._inbox.accepted[client] = he.load_upload(self._he, up.ciphertexts, self.p,
+                                                          self._top)
+        except ProtocolAbort as e:  # CiphertextError: the client is excluded (T36)
+            self._inbox.reject(client, str(e))
 
     def _receive_release(self, payload: bytes) -> None:
         """The key holder's answer; a bad one is recorded and :meth:`finish` refuses."""
@@ -219,13 +197,14 @@ class CkksAggregator(ServerAggregator):
     def next_requests(self) -> dict[str, bytes]:
         if self.stage == UPLOAD:
             self.stage = DECRYPT
-            members = tuple(c for c in self.spec.cohort if c in self._uploads)
+            self._inbox.close()
+            members = self._inbox.members()
             if len(members) < self.p.min_contributors:
                 self.stage = DONE
                 raise ProtocolAbort(f"ckks: {len(members)} valid upload(s), below the minimum "
                                     f"of {self.p.min_contributors} contributors; nothing is "
                                     "decrypted")
-            total = he.add_uploads([self._uploads[c] for c in members])
+            total = he.add_uploads([self._inbox.accepted[c] for c in members])
             self._requested = members
             frame = encode(DecryptRequest(session_id=self.spec.session_id,
                                           round=self.spec.round, contributors=members,
@@ -249,8 +228,8 @@ class CkksAggregator(ServerAggregator):
             # the clients' Gaussian noise, the flooding noise and the rounding (uniform on the
             # grid); clamping only shrinks the first
             noise_variance=n * (z * clip) ** 2 + p.flood_std ** 2 + grid ** 2 / 12,
-            individual=None, rejected=dict(self._rejected),
-            dropped=tuple(c for c in self._rejected if c not in self._requested),
+            individual=None, rejected=dict(self._inbox.rejected),
+            dropped=tuple(c for c in self._inbox.rejected if c not in self._requested),
             detail={"context_digest": self.context_digest, "key_holder": self.key_holder,
                     "tolerance": p.tolerance(n), "bytes": dict(self._bytes)})
 
@@ -258,7 +237,8 @@ class CkksAggregator(ServerAggregator):
 class KeyHolderParty:
     """The key holder as a party of the exchange: answers a :class:`DecryptRequest` with the
     :class:`AggregateRelease` of :meth:`KeyHolder.decrypt_aggregate`, or refuses (raises
-    :class:`KeyHolderRefusal`, releasing nothing). ``seen`` records every request it got."""
+    :class:`KeyHolderRefusal`, releasing nothing). ``seen`` records every request it got.
+    Pickling it fails on the :class:`KeyHolder` it holds."""
 
     def __init__(self, holder: KeyHolder) -> None:
         self.holder = holder
@@ -281,9 +261,6 @@ class KeyHolderParty:
         entry["released"] = True
         return encode(AggregateRelease(session_id=msg.session_id, round=msg.round,
                                        contributors=msg.contributors, total=total))
-
-    def __reduce__(self) -> Any:
-        raise TypeError("the key holder holds the secret key and refuses to be serialised")
 
 
 class CkksBackend(AggregationBackend):

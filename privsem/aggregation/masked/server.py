@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from privsem.aggregation.base import AggregateResult, ServerAggregator
+from privsem.aggregation.base import AggregateResult, ServerAggregator, envelope_problem
 from privsem.aggregation.masked import shamir
 from privsem.aggregation.masked.client import (
     MASK_KEY,
@@ -117,7 +117,7 @@ class MaskedServer(ServerAggregator):
         except MessageError as e:
             self._reject(client, str(e))
             return
-        problem = self._check_envelope(client, msg)
+        problem = envelope_problem(self.spec, client, msg)
         if problem is None:
             handler = {MaskStage.ADVERTISE: self._take_keys, MaskStage.SHARE: self._take_shares,
                        MaskStage.INPUT: self._take_input,
@@ -126,16 +126,6 @@ class MaskedServer(ServerAggregator):
             problem = handler(client, msg) if handler else "the round is closed"
         if problem:
             self._reject(client, problem)
-
-    def _check_envelope(self, client: str, msg: Any) -> str | None:
-        if getattr(msg, "session_id", None) != self.sid or getattr(msg, "round", None) != \
-                self.spec.round:
-            return "message belongs to another session or round (replay)"
-        if client not in self.spec.cohort:
-            return "sender is not a member of this round's cohort"
-        if getattr(msg, "client", None) != client:
-            return f"message names {getattr(msg, 'client', None)!r} as its sender"
-        return None
 
     def _forget_stage_message(self, client: str) -> None:
         """Drops the client's message of the current stage only; what it sent in earlier

@@ -30,11 +30,12 @@ from privsem.aggregation.base import (
     ClientContext,
     NoisePlan,
     ServerAggregator,
+    UploadInbox,
     register,
 )
-from privsem.errors import MessageError, ProtocolAbort
+from privsem.errors import ProtocolAbort
 from privsem.privacy.analysis import gaussian_event
-from privsem.protocol.messages import EmbeddingUpload, RoundSpec, decode, encode
+from privsem.protocol.messages import EmbeddingUpload, RoundSpec, encode
 
 STAGE = "upload"
 NORM_SIGMAS = 8.0  # the concentration margin t of the upload norm bound
@@ -93,39 +94,16 @@ class _Server(ServerAggregator):
 
     def __init__(self, spec: RoundSpec) -> None:
         self.spec = spec
-        self._uploads: dict[str, EmbeddingUpload] = {}
-        self._raw: dict[str, bytes] = {}
-        self._rejected: dict[str, str] = {}
-        self._closed = False
+        self._inbox = UploadInbox(spec, EmbeddingUpload)
         self._bound = upload_norm_bound(spec)
 
-    def _reject(self, client: str, reason: str) -> None:
-        self._rejected[client] = reason
-        self._uploads.pop(client, None)
-
     def receive(self, client: str, payload: bytes) -> None:
-        if self._closed:
-            self._rejected.setdefault(client, "upload after the stage closed")
-            return
-        if client in self._raw:
-            if self._raw[client] != payload:
-                self._reject(client, "conflicting second upload in one round")
-            return  # a retransmit of the same payload is counted once
-        self._raw[client] = payload
-        try:
-            up = decode(payload, EmbeddingUpload)
-        except MessageError as e:
-            self._reject(client, str(e))
+        up = self._inbox.take(client, payload)
+        if up is None:
             return
         s = self.spec
         problem = None
-        if up.session_id != s.session_id or up.round != s.round:
-            problem = "upload belongs to another session or round"
-        elif client not in s.cohort:
-            problem = "sender is not a member of this round's cohort"
-        elif up.client != client:
-            problem = f"upload names {up.client!r} as its sender"
-        elif up.matrix.shape != (len(s.prompt_ids), s.dim):
+        if up.matrix.shape != (len(s.prompt_ids), s.dim):
             problem = f"matrix shape {up.matrix.shape} is not {(len(s.prompt_ids), s.dim)}"
         elif not np.all(np.isfinite(up.matrix)) or not np.isfinite(up.noise_std):
             problem = "matrix has non-finite values"
@@ -133,27 +111,28 @@ class _Server(ServerAggregator):
             problem = (f"matrix norm {norm:.4g} exceeds {self._bound:.4g}, the most an "
                        "honest clipped and noised upload reaches (a Byzantine upload, T31)")
         if problem:
-            self._reject(client, problem)
+            self._inbox.reject(client, problem)
         else:
-            self._uploads[client] = up
+            self._inbox.accepted[client] = up
 
     def next_requests(self) -> dict[str, bytes]:
-        self._closed = True
+        self._inbox.close()
         return {}
 
     def finish(self) -> AggregateResult:
-        members = tuple(c for c in self.spec.cohort if c in self._uploads)
+        uploads, rejected = self._inbox.accepted, self._inbox.rejected
+        members = self._inbox.members()
         shape = (len(self.spec.prompt_ids), self.spec.dim)
         total = np.zeros(shape, dtype=np.float64)
         var = 0.0
         for c in members:
-            total += self._uploads[c].matrix.astype(np.float64)
-            var += self._uploads[c].noise_std ** 2
+            total += uploads[c].matrix.astype(np.float64)
+            var += uploads[c].noise_std ** 2
         return AggregateResult(total=total, contributors=members, noise_variance=var,
-                               individual={c: self._uploads[c].matrix.astype(np.float64)
+                               individual={c: uploads[c].matrix.astype(np.float64)
                                            for c in members},
-                               rejected=dict(self._rejected),
-                               dropped=tuple(c for c in self._rejected if c not in members))
+                               rejected=dict(rejected),
+                               dropped=tuple(c for c in rejected if c not in members))
 
 
 @register("plaintext")
