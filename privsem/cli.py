@@ -1,6 +1,7 @@
 """Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``,
 ``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``,
-``privsem check [CONFIG] [--preset NAME] [--threat-model NAME ...]``."""
+``privsem check [CONFIG] [--preset NAME] [--threat-model NAME ...]``,
+``privsem bench [--quick] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -172,6 +173,40 @@ def _add_audit_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore
         k.set_defaults(fn=_audit)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Baselines against semantic consensus, micro-benchmarks and the analytic traffic model;
+    writes DIR/bench.json, DIR/bench.md and DIR/plots/."""
+    from privsem.bench.suite import FEDERATIONS, PRIVACY, TASKS, run_bench
+
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            print(f"{out}: not empty; a benchmark folder is never overwritten, choose another "
+                  "--out", file=sys.stderr)
+            return 2
+    else:  # runs/bench, or the first runs/bench-k that does not exist
+        base = "bench-quick" if args.quick else "bench"
+        out, k = Path("runs") / base, 1
+        while out.exists():
+            k += 1
+            out = Path("runs") / f"{base}-{k}"
+    for name, given, known in (("--task", args.task, TASKS),
+                               ("--federation", args.federation, FEDERATIONS),
+                               ("--privacy", args.privacy, PRIVACY)):
+        bad = [g for g in given or [] if g not in known]
+        if bad:
+            print(f"{name} {bad[0]!r} is not known; use one of {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+    result = run_bench(out, quick=args.quick, tasks=args.task or TASKS,
+                       federations=args.federation or FEDERATIONS,
+                       privacy=args.privacy or PRIVACY, micro=not args.no_micro,
+                       progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print((out / "bench.md").read_text(encoding="utf-8"))
+    print(f"benchmark folder: {out} ({result['seconds'] / 60:.1f} min)")
+    return 0
+
+
 def _quiet_known_noise() -> None:
     """Silences warnings that are expected and harmless here, so real ones stand out."""
     # Opacus' backward hooks on LoRA modules whose inputs need no gradient (frozen base).
@@ -221,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                          "folder (ε recomputed from its ledger)")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.set_defaults(fn=_report)
+    b = sub.add_parser("bench", help="semantic consensus against local-only, FedAvg, "
+                       "centralised and zero-shot; micro-benchmarks; traffic at scale")
+    b.add_argument("--quick", action="store_true",
+                   help="tiny random models and small tasks (CI; a few minutes)")
+    b.add_argument("--out", help="results folder (default runs/bench or runs/bench-quick)")
+    b.add_argument("--task", action="append", help="knowledge or instructions (default both)")
+    b.add_argument("--federation", action="append",
+                   help="homogeneous or heterogeneous (default both)")
+    b.add_argument("--privacy", action="append", help="dp or none (default both)")
+    b.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    b.set_defaults(fn=_bench)
     _add_audit_parsers(sub)
     args = ap.parse_args(argv)
     if args.cmd is None:

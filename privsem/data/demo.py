@@ -101,6 +101,7 @@ def _islands(n: int) -> list[Fact]:
     return out
 
 
+TOPICS = {"planets": _planets, "dishes": _dishes, "islands": _islands}
 CLIENTS = {"alice": _planets, "bob": _dishes, "carol": _islands}
 
 

@@ -37,6 +37,7 @@ from privsem.models.embedder import Embedder
 from privsem.models.generation import generate
 from privsem.models.loading import load_model
 from privsem.models.prompting import resolve_format
+from privsem.models.scores import rouge_l
 from privsem.models.training import (
     TrainStats,
     add_lora,
@@ -192,6 +193,17 @@ class Client:
     def abort_round(self) -> None:
         if self.stage.stage not in (Stage.DONE, Stage.ABORTED, Stage.IDLE):
             self.stage.advance(Stage.ABORTED)
+
+    def train_locally(self, rnd: int) -> RoundLog:
+        """A round of local training only, for the baselines (local-only, FedAvg, centralised):
+        step 2 of a round (ledger charge, then DP-SGD on private data) and nothing else."""
+        if rnd <= self._last_round:
+            raise ProtocolAbort(f"client {self.id}: round {rnd} is not after round "
+                                f"{self._last_round}")
+        self._last_round, self.log = rnd, RoundLog(rnd)
+        plan = self.plan.clients[self.id]
+        self._timed("train_private", lambda: self._train_private(rnd, plan))
+        return self.log
 
     # ------------------------------------------------------------------ steps
     def _check_spec(self, spec: RoundSpec) -> None:
@@ -455,6 +467,7 @@ class Client:
         ea = self.embedder.encode([a if a.strip() else "(empty answer)" for a in answers])
         er = self.embedder.encode(refs)
         sims = np.sum(ea * er, axis=1)
+        rouge = rouge_l(answers, refs)
         data = encode_examples(self.tokenizer, self.fmt, [it.example for it in self.eval_items],
                                self.ccfg.model.max_length)
         nll = np.asarray(mean_reference_loss(self.model, data))
@@ -464,6 +477,7 @@ class Client:
             if not idx:
                 continue
             out[f"{scope}_similarity"] = float(np.mean(sims[idx]))
+            out[f"{scope}_rouge_l"] = float(np.mean(rouge[idx]))
             out[f"{scope}_nll"] = float(np.mean(nll[idx]))
             keyed = [i for i in idx if self.eval_items[i].key]
             if keyed:

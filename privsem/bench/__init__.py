@@ -1,0 +1,1 @@
+"""privsem bench: baselines, micro-benchmarks and the analytic communication model."""

@@ -1,0 +1,386 @@
+"""``privsem bench``: every method on the same federations, tasks and seeds, side by side.
+
+The grid: tasks (``knowledge``, ``instructions``) × federations (``homogeneous``: three clients of
+one architecture, where FedAvg can run; ``heterogeneous``: two architectures, where it cannot)
+× privacy (``dp``: DP-SGD at record-level ε = 8, δ = 1e-5 for every method; ``none``: no DP
+anywhere). In each cell: zero-shot, local-only, FedAvg (homogeneous only), centralised and
+semantic consensus with record-level DP only (the protection FedAvg has); under ``dp`` also
+``semantic+client``, privsem's default, which adds client-level noise at ε = 8 on every upload
+(FedAvg offers no counterpart). Semantic consensus uses ``shared`` pseudo-label selection (the
+paper's protocol: the server returns the candidate nearest the consensus), the only selection by
+which a client can learn text its own model cannot produce.
+
+Results: ``OUT/bench.json`` (everything, with the machine described), ``OUT/bench.md`` (the
+tables), ``OUT/plots/*.png``; the run folders of every method stay under ``OUT/runs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privsem.bench.baselines import METHODS, MethodRun, perplexity, run_method
+from privsem.bench.tasks import TASKS, TaskFiles, write_task
+from privsem.config import RunConfig, build
+
+FEDERATIONS = ("homogeneous", "heterogeneous")
+PRIVACY = ("dp", "none")
+CLIENT_IDS = ("alice", "bob", "carol")
+EPSILON, DELTA = 8.0, 1e-5
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big the benchmark runs: ``quick`` (CI, tiny random models) or the full run."""
+
+    quick: bool
+    models: tuple[str, str]  # architecture A (all homogeneous clients), architecture B
+    rounds: int
+    epochs_per_round: float
+    candidates: int
+    gen_tokens: int
+    eval_tokens: dict[str, int]
+    max_length: int
+
+
+QUICK = Size(True, ("tiny-llama", "tiny-gemma3"), rounds=2, epochs_per_round=1.0, candidates=2,
+             gen_tokens=8, eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96)
+FULL = Size(False, ("smollm2-135m-instruct", "gemma3-270m"), rounds=3, epochs_per_round=2.0,
+            candidates=3, gen_tokens=48, eval_tokens={"knowledge": 24, "instructions": 56},
+            max_length=128)
+
+
+def federation_models(federation: str, size: Size) -> dict[str, str]:
+    a, b = size.models
+    if federation == "homogeneous":
+        return {c: a for c in CLIENT_IDS}
+    if federation == "heterogeneous":
+        return {"alice": a, "bob": b, "carol": a}
+    raise ValueError(f"federation {federation!r} is not known; use one of "
+                     f"{', '.join(FEDERATIONS)}")
+
+
+def methods_for(federation: str, privacy: str) -> list[str]:
+    """The method variants of a cell, in table order."""
+    out = ["zero_shot", "local"]
+    if federation == "homogeneous":
+        out.append("fedavg")
+    out += ["centralised", "semantic"]
+    if privacy == "dp":
+        out.append("semantic+client")
+    return out
+
+
+def cell_config(files: TaskFiles, federation: str, privacy: str, variant: str, size: Size,
+                seed: int = 0) -> RunConfig:
+    """The run configuration of one method in one cell; every method of a cell shares all of
+    it but the client-level noise (on only for ``semantic+client``)."""
+    if privacy not in PRIVACY:
+        raise ValueError(f"privacy {privacy!r} is not known; use one of {', '.join(PRIVACY)}")
+    models = federation_models(federation, size)
+    dp = privacy == "dp"
+    data: dict[str, Any] = {
+        "name": f"bench-{files.task}-{federation}-{privacy}-{variant}",
+        "seed": seed, "rounds": size.rounds, "prompts": str(files.prompts),
+        "clients": [{"id": c, "model": {"name": m, "max_length": size.max_length},
+                     "train": str(files.train[c]), "eval": str(files.eval[c])}
+                    for c, m in models.items()],
+        "training": {"batch_size": 8, "epochs_per_round": size.epochs_per_round,
+                     "learning_rate": 2e-3},
+        "privacy": {"randomness": "seeded",
+                    "record": {"enabled": dp, "epsilon": EPSILON, "delta": DELTA},
+                    "client": {"enabled": variant == "semantic+client", "epsilon": EPSILON,
+                               "delta": DELTA}},
+        "generation": {"candidates": size.candidates, "max_new_tokens": size.gen_tokens,
+                       "temperature": 0.8, "top_p": 0.95, "batch_size": 24},
+        "evaluation": {"max_new_tokens": size.eval_tokens[files.task], "before_training": False},
+        "consensus": {"selection": "shared", "server_trusted_with_texts": not dp},
+        "aggregation": {"backend": "masked"},
+    }
+    return build(RunConfig, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(v) / len(v) if v else None
+
+
+PRIMARY = {"knowledge": "key_recall", "instructions": "rouge_l"}
+
+
+def summarise(task: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Client means of a method's scores, traffic and time per round."""
+    scores = run["scores"]
+    out: dict[str, Any] = {}
+    for scope in ("own", "other"):
+        for m in (PRIMARY[task], "similarity", "rouge_l", "nll"):
+            out[f"{scope}_{m}"] = _mean([s.get(f"{scope}_{m}") for s in scores.values()])
+        out[f"{scope}_perplexity"] = perplexity(out[f"{scope}_nll"])
+    rounds = run["rounds"]
+    up = [t["up"] for r in rounds for t in r["traffic"].values()]
+    down = [t["down"] for r in rounds for t in r["traffic"].values()]
+    out["bytes_up_per_client_round"] = _mean(up) if rounds else 0.0
+    out["bytes_down_per_client_round"] = _mean(down) if rounds else 0.0
+    out["wall_s_per_round"] = _mean([r["wall_s"] for r in rounds])
+    out["cpu_s_per_round"] = _mean([r["cpu_s"] for r in rounds])
+    eps = run["epsilon"]
+    for unit in ("record", "client"):
+        vals = [e.get(unit) for e in eps.values()]
+        out[f"epsilon_{unit}"] = None if any(v is None for v in vals) else max(
+            v for v in vals if v is not None)
+    return out
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _bytes(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if v == 0:
+        return "0"
+    return f"{v / 1024:,.1f} KiB" if v < 1024 ** 2 else f"{v / 1024 ** 2:,.2f} MiB"
+
+
+def format_cells(result: dict[str, Any]) -> str:
+    """The comparison tables, one per task."""
+    lines: list[str] = []
+    for task in result["settings"]["tasks"]:
+        metric = {"key_recall": "exact match", "rouge_l": "ROUGE-L"}[PRIMARY[task]]
+        lines += [f"### Task: {task}", "",
+                  (f"| federation | privacy | method | own {metric} | other {metric} | "
+                  "own sim. | other sim. | own ppl | other ppl | up / client / round | "
+                  "down / client / round | wall s / round | CPU s / round | ε record | "
+                  "ε client |"),
+                  "|" + "---|" * 15]
+        for cell in result["cells"]:
+            if cell["task"] != task:
+                continue
+            for name, run in cell["methods"].items():
+                s = run["summary"]
+                p = PRIMARY[task]
+                lines.append(
+                    f"| {cell['federation']} | {cell['privacy']} | {name} | "
+                    f"{_fmt(s[f'own_{p}'])} | {_fmt(s[f'other_{p}'])} | "
+                    f"{_fmt(s['own_similarity'], 3)} | {_fmt(s['other_similarity'], 3)} | "
+                    f"{_fmt(s['own_perplexity'], 1)} | {_fmt(s['other_perplexity'], 1)} | "
+                    f"{_bytes(s['bytes_up_per_client_round'])} | "
+                    f"{_bytes(s['bytes_down_per_client_round'])} | "
+                    f"{_fmt(s['wall_s_per_round'], 1)} | {_fmt(s['cpu_s_per_round'], 1)} | "
+                    f"{_fmt(s['epsilon_record'])} | {_fmt(s['epsilon_client'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def per_client_table(cell: dict[str, Any], task: str) -> str:
+    p = PRIMARY[task]
+    rows = [f"| method | client | model | own {p} | other {p} | own sim. | other sim. |",
+            "|---|---|---|---|---|---|---|"]
+    for name, run in cell["methods"].items():
+        for cid, s in run["scores"].items():
+            rows.append(f"| {name} | {cid} | {cell['models'][cid]} | {_fmt(s.get(f'own_{p}'))} "
+                        f"| {_fmt(s.get(f'other_{p}'))} | {_fmt(s.get('own_similarity'), 3)} | "
+                        f"{_fmt(s.get('other_similarity'), 3)} |")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_cells(result: dict[str, Any], folder: Path) -> list[Path]:
+    """Per task: the primary metric (own and other) of every method in every cell, and the
+    bytes per client per round (log scale)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in result["settings"]["tasks"]:
+        cells = [c for c in result["cells"] if c["task"] == task]
+        if not cells:
+            continue
+        p = PRIMARY[task]
+        fig = Figure(figsize=(4.2 * len(cells), 3.6))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(cells), squeeze=False)[0]
+        for ax, cell in zip(axes, cells, strict=True):
+            names = list(cell["methods"])
+            own = [cell["methods"][n]["summary"][f"own_{p}"] or 0.0 for n in names]
+            other = [cell["methods"][n]["summary"][f"other_{p}"] or 0.0 for n in names]
+            x = range(len(names))
+            ax.bar([i - 0.2 for i in x], own, width=0.4, label="own topics / facts")
+            ax.bar([i + 0.2 for i in x], other, width=0.4, label="others' (never seen)")
+            ax.set_xticks(list(x))
+            ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+            ax.set_title(f"{cell['federation']}, {cell['privacy']}", fontsize=9)
+            ax.set_ylim(0, 1)
+        axes[0].set_ylabel({"key_recall": "exact match", "rouge_l": "ROUGE-L"}[p])
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{task}: utility per method (client mean)", fontsize=10)
+        path = folder / f"{task}-utility.png"
+        fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
+        written.append(path)
+    # traffic: every method that sends anything, from the first cell that has it
+    seen: dict[str, float] = {}
+    for cell in result["cells"]:
+        for n, run in cell["methods"].items():
+            b = run["summary"]["bytes_up_per_client_round"]
+            if b and n not in seen:
+                seen[n] = b
+    if seen:
+        fig = Figure(figsize=(5, 3))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.bar(list(seen), list(seen.values()))
+        ax.set_yscale("log")
+        ax.set_ylabel("bytes up per client per round")
+        ax.set_title("measured upload per client per round", fontsize=10)
+        path = folder / "traffic.png"
+        fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole benchmark
+
+
+def machine() -> dict[str, Any]:
+    import numpy
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "platform": platform.platform(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
+              federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
+              progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    cells = []
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not known; use one of {', '.join(TASKS)}")
+        files = write_task(task, out / "data" / task, CLIENT_IDS, quick=size.quick)
+        for fed in federations:
+            zero: dict[str, Any] | None = None
+            for priv in privacy:
+                cell: dict[str, Any] = {
+                    "task": task, "federation": fed, "privacy": priv,
+                    "models": federation_models(fed, size), "description": files.description,
+                    "methods": {}}
+                for variant in methods_for(fed, priv):
+                    if variant == "zero_shot" and zero is not None:  # privacy plays no part
+                        cell["methods"][variant] = zero
+                        continue
+                    cfg = cell_config(files, fed, priv, variant, size)
+                    method = "semantic" if variant.startswith("semantic") else variant
+                    folder = out / "runs" / task / fed / priv / variant.replace("+", "-")
+                    progress(f"bench: {task} / {fed} / {priv} / {variant}")
+                    t0 = time.perf_counter()
+                    r: MethodRun = run_method(method, cfg, folder, lambda s: None)
+                    entry = {"method": method, "note": r.note, "scores": r.scores,
+                             "rounds": r.rounds, "epsilon": r.epsilon,
+                             "seconds": time.perf_counter() - t0, "folder": str(folder)}
+                    entry["summary"] = summarise(task, entry)
+                    cell["methods"][variant] = entry
+                    if variant == "zero_shot":
+                        zero = entry
+                cells.append(cell)
+    return cells
+
+
+def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
+              federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
+              micro: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the benchmark into ``out`` and returns the JSON it wrote."""
+    from privsem.bench import comm
+
+    size = QUICK if quick else FULL
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "machine": machine(), "quick": quick,
+        "settings": {"tasks": list(tasks), "federations": list(federations),
+                     "privacy": list(privacy), "epsilon": EPSILON, "delta": DELTA,
+                     "size": {k: v for k, v in size.__dict__.items()},
+                     "methods": METHODS},
+        "communication": comm.summary(),
+    }
+    if micro:
+        from privsem.bench import micro as micro_mod
+
+        progress("bench: micro-benchmarks")
+        t0 = time.perf_counter()
+        result["micro"] = micro_mod.run_all(quick)
+        result["micro_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result["cells"] = run_cells(out, size, tasks=tasks, federations=federations,
+                                privacy=privacy, progress=progress)
+    result["cells_seconds"] = time.perf_counter() - t0
+    result["seconds"] = time.perf_counter() - started
+    result["machine"]["load_average_end"] = (list(os.getloadavg())
+                                             if hasattr(os, "getloadavg") else None)
+    (out / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n",
+                                    encoding="utf-8")
+    plot_cells(result, out / "plots")
+    (out / "bench.md").write_text(format_markdown(result), encoding="utf-8")
+    return result
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    from privsem.bench import comm
+
+    m = result["machine"]
+    parts = [f"# privsem bench{' --quick' if result['quick'] else ''}", "",
+             (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch "
+             f"{m['torch']} ({m['torch_threads']} threads), Python {m['python']}; "
+             f"{m['date']}; load average at start {m['load_average']}, at end "
+             f"{m.get('load_average_end')}. Total {result['seconds'] / 60:.1f} min."), "",
+             "## Utility, traffic and time at matched privacy", "",
+             format_cells(result)]
+    if "micro" in result:
+        from privsem.bench import micro as micro_mod
+
+        parts += ["## Micro-benchmarks", "", micro_mod.format_markdown(result["micro"]), ""]
+    parts += ["## Communication at scale (analytic)", "",
+              comm.format_summary(result["communication"]), ""]
+    return "\n".join(parts)
