@@ -45,16 +45,19 @@ class Size:
     rounds: int
     epochs_per_round: float
     candidates: int
-    gen_tokens: int
-    eval_tokens: dict[str, int]
+    gen_tokens: dict[str, int]  # per task: answers to the public prompts
+    eval_tokens: dict[str, int]  # per task: answers to the evaluation questions
     max_length: int
 
 
 QUICK = Size(True, ("tiny-llama", "tiny-gemma3"), rounds=2, epochs_per_round=1.0, candidates=2,
-             gen_tokens=8, eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96)
+             gen_tokens={"knowledge": 8, "instructions": 8},
+             eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96)
+# Answers to the knowledge task are one sentence (about 12 tokens), to the instructions task two
+# or three (about 45); generation is the costliest phase on a CPU, so it gets what it needs.
 FULL = Size(False, ("smollm2-135m-instruct", "gemma3-270m"), rounds=3, epochs_per_round=2.0,
-            candidates=3, gen_tokens=48, eval_tokens={"knowledge": 24, "instructions": 56},
-            max_length=128)
+            candidates=2, gen_tokens={"knowledge": 24, "instructions": 56},
+            eval_tokens={"knowledge": 24, "instructions": 56}, max_length=128)
 
 
 def federation_models(federation: str, size: Size) -> dict[str, str]:
@@ -98,7 +101,8 @@ def cell_config(files: TaskFiles, federation: str, privacy: str, variant: str, s
                     "record": {"enabled": dp, "epsilon": EPSILON, "delta": DELTA},
                     "client": {"enabled": variant == "semantic+client", "epsilon": EPSILON,
                                "delta": DELTA}},
-        "generation": {"candidates": size.candidates, "max_new_tokens": size.gen_tokens,
+        "generation": {"candidates": size.candidates,
+                       "max_new_tokens": size.gen_tokens[files.task],
                        "temperature": 0.8, "top_p": 0.95, "batch_size": 24},
         "evaluation": {"max_new_tokens": size.eval_tokens[files.task], "before_training": False},
         "consensus": {"selection": "shared", "server_trusted_with_texts": not dp},
@@ -200,6 +204,29 @@ def per_client_table(cell: dict[str, Any], task: str) -> str:
                         f"| {_fmt(s.get(f'other_{p}'))} | {_fmt(s.get('own_similarity'), 3)} | "
                         f"{_fmt(s.get('other_similarity'), 3)} |")
     return "\n".join(rows)
+
+
+def phase_table(result: dict[str, Any]) -> str:
+    """Mean seconds per phase of every semantic run, per client model (the in-process runtime
+    runs the clients one after another, so a round's wall time is about their sum plus the
+    server's)."""
+    rows = ["| task | federation | privacy | method | model | " + " | ".join(PHASES) +
+            " | round wall s |", "|" + "---|" * (6 + len(PHASES))]
+    for cell in result["cells"]:
+        for name, run in cell["methods"].items():
+            if run["method"] != "semantic" or not run["rounds"]:
+                continue
+            for model in sorted(set(cell["models"].values())):
+                cids = [c for c, m in cell["models"].items() if m == model]
+                vals = [_mean([r["phase_s"][c].get(p, 0.0) for r in run["rounds"] for c in cids])
+                        for p in PHASES]
+                rows.append(f"| {cell['task']} | {cell['federation']} | {cell['privacy']} | "
+                            f"{name} | {model} | " + " | ".join(_fmt(v, 1) for v in vals) +
+                            f" | {_fmt(run['summary']['wall_s_per_round'], 1)} |")
+    return "\n".join(rows)
+
+
+PHASES = ("train_private", "train_pseudo", "generate", "embed_release", "aggregate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +404,12 @@ def format_markdown(result: dict[str, Any]) -> str:
              f"{m.get('load_average_end')}. Total {result['seconds'] / 60:.1f} min."), "",
              "## Utility, traffic and time at matched privacy", "",
              format_cells(result)]
+    parts += ["## Round time by phase (semantic consensus, seconds per client per round)", "",
+              phase_table(result), ""]
+    parts += ["## Per client", ""]
+    for cell in result["cells"]:
+        parts += [f"### {cell['task']}, {cell['federation']}, {cell['privacy']}", "",
+                  per_client_table(cell, cell["task"]), ""]
     if "micro" in result:
         from privsem.bench import micro as micro_mod
 
