@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,6 +49,7 @@ from privsem.aggregation.masked.crypto import (
     verify,
 )
 from privsem.aggregation.masked.encoding import harary_degree
+from privsem.bench.micro import interleaved, paired_ratio, summary
 from privsem.config import MaskedConfig
 from privsem.protocol.messages import RoundSpec
 from privsem.protocol.session import session_id
@@ -62,33 +63,6 @@ COMPLETE_BUDGET_S = 300.0  # skip a complete-graph cohort whose rounds would tak
 
 
 # ---------------------------------------------------------------------------- measurement
-
-
-def interleaved(variants: Mapping[str, Callable[[], object]], reps: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each variant; in every repetition all variants run once, in an
-    order rotated by one each time, so slow drift (frequency, other load) hits all alike."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(reps):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def summary(ts: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "reps": len(ts)}
-
-
-def paired_ratio(num: list[float], den: list[float]) -> float:
-    """Median over repetitions of num/den measured in the same repetition."""
-    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,7 @@ def test_privsem_bench_quick_writes_every_cell_table_and_plot(tmp_path: Path,
     result = json.loads((out / "bench.json").read_text("utf-8"))
     assert result["quick"] is True
     m = result["machine"]
-    assert m["cores"] >= 1 and m["cpu"] and m["torch"] and m["date"]
+    assert m["logical_cores"] >= 1 and m["cpu_model"] and m["torch"] and m["date_utc"]
     cells = {(c["task"], c["federation"], c["privacy"]): c for c in result["cells"]}
     assert set(cells) == {(t, f, p) for t in TASKS for f in FEDERATIONS for p in PRIVACY}
     for (task, fed, priv), cell in cells.items():

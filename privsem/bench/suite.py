@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -292,31 +291,17 @@ def plot_cells(result: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def machine() -> dict[str, Any]:
-    import numpy
-    import torch
-    import transformers
+    """The micro-benchmarks' machine description, plus the memory size."""
+    from privsem.bench.micro import machine as describe
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
+    out = describe()
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 ** 2, 1)
+                out["memory_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
     except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": numpy.__version__,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        out["memory_gib"] = None
+    return out
 
 
 def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
@@ -384,7 +369,7 @@ def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
                                 privacy=privacy, progress=progress)
     result["cells_seconds"] = time.perf_counter() - t0
     result["seconds"] = time.perf_counter() - started
-    result["machine"]["load_average_end"] = (list(os.getloadavg())
+    result["machine"]["load_average_at_end"] = (list(os.getloadavg())
                                              if hasattr(os, "getloadavg") else None)
     (out / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n",
                                     encoding="utf-8")
