@@ -383,10 +383,11 @@ def format_markdown(result: dict[str, Any]) -> str:
 
     m = result["machine"]
     parts = [f"# privsem bench{' --quick' if result['quick'] else ''}", "",
-             (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch "
-             f"{m['torch']} ({m['torch_threads']} threads), Python {m['python']}; "
-             f"{m['date']}; load average at start {m['load_average']}, at end "
-             f"{m.get('load_average_end')}. Total {result['seconds'] / 60:.1f} min."), "",
+             (f"Machine: {m['cpu_model']}, {m['logical_cores']} cores, "
+              f"{m.get('memory_gib')} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
+              f"Python {m['python']}; {m['date_utc']}; load average at start "
+              f"{m['load_average_at_start']}, at end {m.get('load_average_at_end')}. "
+              f"Total {result['seconds'] / 60:.1f} min."), "",
              "## Utility, traffic and time at matched privacy", "",
              format_cells(result)]
     parts += ["## Round time by phase (semantic consensus, seconds per client per round)", "",
