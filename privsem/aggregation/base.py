@@ -243,55 +243,91 @@ class Collector(Protocol):
     def next_requests(self) -> dict[str, bytes]: ...
 
 
-def run_exchanges(server: Collector,
-                  respond: Mapping[str, Callable[[bytes], bytes | None]],
-                  first: Mapping[str, bytes], *,
-                  drop: Callable[[str, str], bool] = lambda client, stage: False,
-                  traffic: Callable[[str, str, str, int], None] | None = None) -> dict[str, str]:
-    """Moves messages between one server and its clients until the aggregate is ready.
+@dataclass(frozen=True)
+class Gone:
+    """A party that gave no answer: it aborted (an invariant failed), went silent or timed out.
+    ``reason`` says which, in words that go to the client's status."""
 
-    ``first`` holds the clients' first messages and ``respond[c]`` answers a request to client
-    ``c``. ``drop(client, stage)`` simulates a client that goes silent before sending its
-    message of ``stage``. ``traffic(client, stage, "up"|"down", n)`` counts bytes. A client
-    whose invariant fails aborts and goes silent; returns ``{client: reason}`` for those and
-    for the simulated dropouts.
+    reason: str
+
+
+Answer = bytes | None | Gone  # a reply frame, nothing to send, or no answer at all
+# Asks every party named in ``requests`` (party -> frame) in the stage named first; returns an
+# answer per party. How the frames travel (a method call, Flower messages) is the runtime's.
+Ask = Callable[[str, Mapping[str, bytes]], Mapping[str, Answer]]
+
+
+def exchange(server: Collector, ask: Ask, first: Mapping[str, bytes], *,
+             traffic: Callable[[str, str, str, int], None] | None = None,
+             absent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Moves messages between one server and its parties until the aggregate is ready.
+
+    ``first`` holds the clients' first messages. Each later stage's requests go out in one batch
+    through ``ask`` (a runtime may deliver them in parallel); a party without an answer is left
+    out of every later stage, as is every party in ``absent`` (party -> reason: silent from the
+    start). ``traffic(party, stage, "up"|"down", n)`` counts bytes. Returns ``{party: reason}``
+    for the parties that gave no answer.
     Raises ProtocolAbort when the server aborts the round.
     """
-    from privsem.errors import ProtocolAbort
-
-    aborted: dict[str, str] = {}
-    live = set(respond) | set(first)
+    gone: dict[str, str] = dict(absent or {})
     stage = server.stage
     for c, frame in first.items():
-        if drop(c, stage):
-            live.discard(c)
-            aborted[c] = f"went silent before stage {stage} (simulated dropout)"
+        if c in gone:
             continue
         if traffic:
             traffic(c, stage, "up", len(frame))
         server.receive(c, frame)
     while requests := server.next_requests():
         stage = server.stage
-        for c, req in requests.items():
-            if c not in live:
-                continue
-            if traffic:
+        batch = {c: req for c, req in requests.items() if c not in gone}
+        if traffic:
+            for c, req in batch.items():
                 traffic(c, stage, "down", len(req))
+        answers = ask(stage, batch)
+        for c in batch:
+            a = answers.get(c, Gone(f"gave no answer in stage {stage}"))
+            if isinstance(a, Gone):
+                gone[c] = a.reason
+            elif a is not None:
+                if traffic:
+                    traffic(c, stage, "up", len(a))
+                server.receive(c, a)
+    return gone
+
+
+def run_exchanges(server: Collector,
+                  respond: Mapping[str, Callable[[bytes], bytes | None]],
+                  first: Mapping[str, bytes], *,
+                  drop: Callable[[str, str], bool] = lambda client, stage: False,
+                  traffic: Callable[[str, str, str, int], None] | None = None) -> dict[str, str]:
+    """:func:`exchange` with every party in this process: ``respond[c]`` answers a request to
+    party ``c``. ``drop(client, stage)`` simulates a client that goes silent before sending its
+    message of ``stage``. A party whose invariant fails (ProtocolAbort) aborts and goes silent;
+    returns ``{party: reason}`` for those and for the simulated dropouts.
+    Raises ProtocolAbort when the server aborts the round.
+    """
+    from privsem.errors import ProtocolAbort
+
+    silent: dict[str, str] = {}
+    stage = server.stage
+    for c in first:
+        if drop(c, stage):
+            silent[c] = f"went silent before stage {stage} (simulated dropout)"
+
+    def ask(stage: str, requests: Mapping[str, bytes]) -> dict[str, Answer]:
+        answers: dict[str, Answer] = {}
+        for c, req in requests.items():
             if drop(c, stage):
-                live.discard(c)
-                aborted[c] = f"went silent in stage {stage} (simulated dropout)"
+                answers[c] = Gone(f"went silent in stage {stage} (simulated dropout)")
                 continue
             try:
-                resp = respond[c](req)
+                answers[c] = respond[c](req)
             except ProtocolAbort as e:
-                live.discard(c)
-                aborted[c] = str(e)
-                continue
-            if resp is not None:
-                if traffic:
-                    traffic(c, stage, "up", len(resp))
-                server.receive(c, resp)
-    return aborted
+                answers[c] = Gone(str(e))
+        return answers
+
+    # A party silent before the first stage never reaches the server, and gets no request.
+    return exchange(server, ask, first, traffic=traffic, absent=silent)
 
 
 _REGISTRY: dict[str, Callable[[], AggregationBackend]] = {}

@@ -19,22 +19,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from privsem.aggregation import get_backend, run_exchanges
-from privsem.aggregation.base import Helper
+from privsem.aggregation import exchange, get_backend
+from privsem.aggregation.base import Gone, Helper
 from privsem.aggregation.masked.crypto import Identity
 from privsem.audits.planting import plant_for_run
 from privsem.config import RunConfig, dump_yaml
 from privsem.data import load_examples, load_prompts, prompt_set_hash
-from privsem.errors import ProtocolAbort, RunFolderInUse
+from privsem.errors import RunFolderInUse
 from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
 from privsem.protocol.client import Client
-from privsem.protocol.messages import Stage
 from privsem.protocol.server import Server
 from privsem.protocol.session import expected_params
 from privsem.protocol.state import ClientStore, read_json, write_json, write_text_atomic
 from privsem.rng import derive_seed, make_randomness
+from privsem.runtime.parties import ClientEndpoint, Endpoint, HelperEndpoint, InProcess, Transport
 
 
 @dataclass
@@ -46,6 +46,13 @@ class Federation:
     ledger: Ledger
     plan: PrivacyPlan
     helpers: dict[str, Helper]  # the back-end's parties besides clients and server
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """Every party a round delivers frames to, by id."""
+        out: dict[str, Endpoint] = {cid: ClientEndpoint(c) for cid, c in self.clients.items()}
+        out.update({hid: HelperEndpoint(hid, h) for hid, h in self.helpers.items()})
+        return out
 
 
 Progress = Callable[[str], None]
@@ -149,9 +156,11 @@ Traffic = dict[str, dict[str, Any]]
 
 
 def run_round(fed: Federation, rnd: int, progress: Progress,
-              drop: Callable[[str, str], bool] = lambda client, stage: False) -> Traffic:
-    """One round; returns bytes up/down per client (total and per stage), measured from the
-    serialised messages. ``drop(client, stage)`` simulates a client going silent."""
+              drop: Callable[[str, str], bool] = lambda client, stage: False,
+              transport: Transport | None = None) -> Traffic:
+    """One round; returns bytes up/down per party (total and per stage), measured from the
+    serialised messages. Frames travel through ``transport`` (default: method calls in this
+    process, where ``drop(client, stage)`` simulates a client going silent)."""
     traffic: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
 
     def count(cid: str, stage: str, direction: str, n: int) -> None:
@@ -161,54 +170,54 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
         st = traffic[cid]["stages"].setdefault(stage, {"up": 0, "down": 0})
         st[direction] += n
 
-    spec = fed.server.open_round(rnd, tuple(fed.clients))                       # 1. announce
-    first = {}
-    for cid, client in fed.clients.items():                                     # 2–6. clients
-        progress(f"round {rnd}: {cid} trains, generates, releases")
-        count(cid, "spec", "down", len(spec))
-        try:
-            frame = client.on_round_spec(spec)
-        except ProtocolAbort as e:
-            client.abort_round()
-            client.log.status.append(f"aborted: {e}")
-            continue
-        if frame is not None:
-            first[cid] = frame
+    def deliver(kind: str, stage: str, frames: dict[str, bytes]) -> dict[str, bytes]:
+        """Sends ``frames``, counts the bytes, tells every party that gave no answer that its
+        round is over, and returns the reply frames."""
+        for cid, frame in frames.items():
+            count(cid, stage, "down", len(frame))
+        answers = net.ask(kind, stage, frames)
+        gone = {c: a.reason for c, a in answers.items() if isinstance(a, Gone)}
+        gone.update({c: "gave no answer" for c in frames if c not in answers})
+        tell_gone(gone)
+        out.update(gone)
+        replies = {c: a for c, a in answers.items() if isinstance(a, bytes)}
+        for cid, reply in replies.items() if kind != "spec" else ():
+            count(cid, kind, "up", len(reply))  # spec answers are counted by the exchange
+        return replies
+
+    out: dict[str, str] = {}  # parties out of this round, and why
+
+    def tell_gone(gone: dict[str, str]) -> None:
+        clients = {c: f"aborted: {r}".encode() for c, r in gone.items() if c in fed.clients}
+        if clients:
+            net.ask("abort", "abort", clients)
+        for helper, reason in gone.items():  # a helper party failed: every client hears why
+            if helper not in fed.clients:
+                net.ask("note", "note", {c: f"{helper}: {reason}".encode() for c in fed.clients})
+
+    net = transport or InProcess(fed.endpoints, drop=drop,
+                                 first_stage=lambda: fed.server.collector.stage,
+                                 progress=lambda text: progress(f"round {rnd}: {text}"))
+    cohort = tuple(fed.clients)
+    spec = fed.server.open_round(rnd, cohort)                                   # 1. announce
+    first = deliver("spec", "spec", {cid: spec for cid in cohort})              # 2–6. clients
     progress(f"round {rnd}: secure aggregation ({fed.server.backend.name})")
-    respond: dict[str, Callable[[bytes], bytes | None]] = {
-        cid: c.on_aggregation for cid, c in fed.clients.items()}
-    respond.update({hid: h.respond for hid, h in fed.helpers.items()})
-    aborted = run_exchanges(fed.server.collector, respond, first,               # 6. aggregate
-                            drop=drop, traffic=count)
-    for cid, reason in aborted.items():
-        if cid in fed.clients:
-            fed.clients[cid].abort_round()
-            fed.clients[cid].log.status.append(f"aborted: {reason}")
-        else:  # a helper party refused or went silent: every client hears why
-            for client in fed.clients.values():
-                client.log.status.append(f"{cid}: {reason}")
+    gone = exchange(fed.server.collector,                                       # 6. aggregate
+                    lambda stage, reqs: net.ask("aggregate", stage, reqs), first,
+                    traffic=count)
+    tell_gone(gone)
+    out.update(gone)
     progress(f"round {rnd}: server forms the consensus")
     broadcast = fed.server.close_uploads()                                      # 7. consensus
     if broadcast is None:
-        for client in fed.clients.values():
-            client.abort_round()
-            client.log.status.append(f"round aborted by the server: {fed.server.abort_reason}")
+        net.ask("abort", "abort", {c: f"round aborted by the server: "
+                                      f"{fed.server.abort_reason}".encode() for c in cohort})
         return traffic
-    nominations = {}
-    for cid, client in fed.clients.items():                                     # 8–9. labels
-        if client.stage.stage is Stage.ABORTED or drop(cid, "consensus"):
-            client.abort_round()
-            continue
-        count(cid, "consensus", "down", len(broadcast))
-        nom = client.on_consensus(broadcast)
-        if nom is not None:
-            count(cid, "nomination", "up", len(nom))
-            nominations[cid] = nom
+    live = [c for c in cohort if c not in out]
+    nominations = deliver("consensus", "consensus", {c: broadcast for c in live})  # 8–9.
     if fed.cfg.consensus.selection == "shared":
         labels = fed.server.choose_labels(nominations)
-        for cid in nominations:
-            count(cid, "labels", "down", len(labels))
-            fed.clients[cid].on_pseudo_labels(labels)
+        deliver("labels", "labels", {c: labels for c in nominations})
     fed.server.end_round()
     return traffic
 
