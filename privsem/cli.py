@@ -1,4 +1,5 @@
 """Command line: ``privsem run [CONFIG] [--preset NAME] [--out RUN_DIR] [--set key=value ...]``,
+``privsem simulate [CONFIG] [--preset NAME] [--clients N] [--set key=value ...]`` (Flower),
 ``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``,
 ``privsem check [CONFIG] [--preset NAME] [--threat-model NAME ...]``,
 ``privsem bench [--quick] [--out DIR]``."""
@@ -33,19 +34,60 @@ def _run(args: argparse.Namespace) -> int:
         preset = args.preset if (args.preset or args.config) else "demo"
         cfg = load_config(args.config, preset=None if args.config else preset,
                           overrides=args.set or [])
-        if args.out:
-            out = Path(args.out)
-        else:  # runs/NAME, or the first runs/NAME-k not holding a run: nothing is overwritten
-            from privsem.runtime.inprocess import in_use
-
-            out, k = Path("runs") / cfg.name, 1
-            while in_use(out):
-                k += 1
-                out = Path("runs") / f"{cfg.name}-{k}"
+        out = Path(args.out) if args.out else _new_run_folder(cfg.name)
         run(cfg, out, show_progress=not args.quiet)
+    _print_run_folder(out)
+    return 0
+
+
+def _new_run_folder(name: str) -> Path:
+    """runs/NAME, or the first runs/NAME-k not holding a run: nothing is overwritten."""
+    from privsem.runtime.inprocess import in_use
+
+    out, k = Path("runs") / name, 1
+    while in_use(out):
+        k += 1
+        out = Path("runs") / f"{name}-{k}"
+    return out
+
+
+def _print_run_folder(out: Path) -> None:
     print(f"run folder: {out}")
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "report.md"):
         print(f"  {out / name}")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """The federation on Flower's simulation engine. The arguments become a Flower run config
+    (``config`` or ``preset``, ``clients``, dotted fields), converted by the same function a
+    deployed ServerApp uses."""
+    from privsem.config import load_config, parse_override
+    from privsem.runtime.flower.simulation import from_run_config, simulate
+
+    if args.resume:
+        out = Path(args.resume)
+        if args.config or args.preset or args.set or args.out or args.clients:
+            print("privsem simulate --resume RUN_DIR takes the run's own config.yaml; drop the "
+                  "other arguments", file=sys.stderr)
+            return 2
+        simulate(load_config(str(out / "config.yaml")), out, show_progress=not args.quiet,
+                 resume=True)
+        _print_run_folder(out)
+        return 0
+    run_config: dict[str, object] = {}
+    if args.config:
+        run_config["config"] = args.config
+    if args.preset or not args.config:
+        run_config["preset"] = args.preset or "smoke"
+    if args.clients is not None:
+        run_config["clients"] = args.clients
+    for item in args.set or []:
+        parts, value = parse_override(item)
+        run_config[".".join(parts)] = value
+    cfg = from_run_config(run_config)
+    out = Path(args.out) if args.out else _new_run_folder(f"{cfg.name}-flower")
+    simulate(cfg, out, show_progress=not args.quiet)
+    _print_run_folder(out)
     return 0
 
 
@@ -238,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue an interrupted run after its last completed round")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=_run)
+    sim = sub.add_parser("simulate", help="run a federation on Flower's simulation engine "
+                         "(default preset: smoke)")
+    sim.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    sim.add_argument("--preset", help="built-in preset: demo, smoke or audit")
+    sim.add_argument("--clients", type=int, help="grow the federation to N clients (copies of "
+                     "the configured ones, ids <id>-<i>)")
+    sim.add_argument("--out", help="run folder (default runs/NAME-flower)")
+    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a field, e.g. --set flower.dropout=0.1")
+    sim.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted simulation after its last completed round")
+    sim.add_argument("--quiet", action="store_true", help="no progress bars")
+    sim.set_defaults(fn=_simulate)
     c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
                        "exits 1 when a claimed one does not hold")
     c.add_argument("config", nargs="?", help="YAML or TOML configuration file")

@@ -376,6 +376,32 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlowerConfig:
+    """The Flower runtime (privsem.runtime.flower): how long the server waits, and, in
+    simulation only, the clients that go silent each round."""
+
+    timeout: float = 600.0  # seconds the server waits for a stage's answers (T41)
+    notice_timeout: float = 5.0  # seconds it waits for a notice (abort, note) to be taken
+    connect_timeout: float = 300.0  # seconds it waits for every party's node to connect
+    dropout: float = 0.0  # simulation: fraction of clients that go silent each round
+    dropout_stages: tuple[str, ...] = ("spec", "share", "input", "unmask")
+    hang: float = 0.0  # simulation: fraction of clients that hang (answer nothing) each round
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "notice_timeout", "connect_timeout"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v > 0, name, v,
+                   "use a finite number of seconds > 0; a server never waits forever")
+        for name in ("dropout", "hang"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, name, v, "use a fraction in [0, 1)")
+        _check(self.dropout + self.hang < 1.0, "dropout", self.dropout,
+               "dropout + hang must leave some clients: keep their sum below 1")
+        _check(len(self.dropout_stages) >= 1, "dropout_stages", self.dropout_stages,
+               "name at least one stage (spec, consensus, or a back-end stage such as input)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole federation run, resolved. Written to ``RUN_DIR/config.yaml``."""
 
@@ -394,6 +420,7 @@ class RunConfig:
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
     # Threat models this configuration claims to defend (ids of threat_models/catalogue.yaml);
     # `privsem run` refuses to start when one does not hold (privsem.threats).
     threat_models: tuple[str, ...] = ()

@@ -308,10 +308,41 @@ class AggregateRelease:
     total: np.ndarray  # (prompts, dim) float64
 
 
+# ---------------------------------------------------------------------------------------------
+# Runtime envelopes: how a networked runtime (Flower) carries the frames above to a party and
+# its answer back (privsem.runtime.parties names the kinds).
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Server runtime → a party's node: one frame of ``kind`` in protocol ``stage``."""
+
+    TYPE: ClassVar[str] = "delivery"
+    run: str  # the run's id: a node refuses deliveries of another run
+    party: str
+    kind: str
+    stage: str
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class DeliveryAnswer:
+    """A party's node → server runtime: ``status`` is ``reply`` (``frame`` holds it), ``none``
+    (handled, nothing to send) or ``gone`` (``reason`` says why the party gave no answer)."""
+
+    TYPE: ClassVar[str] = "delivery_answer"
+    run: str
+    party: str
+    status: str
+    reason: str
+    frame: bytes
+
+
 MESSAGE_TYPES: dict[str, Any] = {c.TYPE: c for c in (
     RoundSpec, EmbeddingUpload, ConsensusBroadcast, Nomination, PseudoLabels, MaskKeys,
     MaskRoster, MaskShares, MaskSharesDelivery, MaskedInput, SurvivorList, SurvivorSignature,
-    UnmaskRequest, UnmaskShares, CkksUpload, DecryptRequest, AggregateRelease)}
+    UnmaskRequest, UnmaskShares, CkksUpload, DecryptRequest, AggregateRelease, Delivery,
+    DeliveryAnswer)}
 
 
 def decode(frame: bytes, expected: Any = None) -> Any:

@@ -29,7 +29,7 @@ from privsem.errors import RunFolderInUse
 from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
-from privsem.protocol.client import Client
+from privsem.protocol.client import Client, RoundLog
 from privsem.protocol.server import Server
 from privsem.protocol.session import expected_params
 from privsem.protocol.state import ClientStore, read_json, write_json, write_text_atomic
@@ -212,19 +212,32 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
     if broadcast is None:
         net.ask("abort", "abort", {c: f"round aborted by the server: "
                                       f"{fed.server.abort_reason}".encode() for c in cohort})
-        return traffic
+        return _with_wire(traffic, net, out)
     live = [c for c in cohort if c not in out]
     nominations = deliver("consensus", "consensus", {c: broadcast for c in live})  # 8–9.
     if fed.cfg.consensus.selection == "shared":
         labels = fed.server.choose_labels(nominations)
         deliver("labels", "labels", {c: labels for c in nominations})
     fed.server.end_round()
+    return _with_wire(traffic, net, out)
+
+
+def _with_wire(traffic: Traffic, net: Transport, out: dict[str, str]) -> Traffic:
+    """Adds why each party left the round, and what the transport measured on its wire
+    (Flower's messages), where it measures."""
+    for party, reason in out.items():
+        traffic.setdefault(party, {"up": 0, "down": 0, "stages": {}})["gone"] = reason
+    for party, counts in net.measured().items():
+        traffic.setdefault(party, {"up": 0, "down": 0, "stages": {}})["wire"] = counts
     return traffic
 
 
 def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, Any],
                 scores: dict[str, float], eval_seconds: float) -> dict[str, Any]:
     cfg, log = fed.cfg, client.log
+    if rnd > 0 and log.round != rnd:  # the client never saw this round's spec
+        log = RoundLog(rnd, status=[f"took no part in this round: "
+                                    f"{traffic.get('gone', 'its spec never reached it')}"])
     cons = fed.server.consensus if rnd > 0 else None
     rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
     row: dict[str, Any] = {
@@ -232,6 +245,10 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
         "architecture": client.architecture, "lora_parameters": client.lora_parameters,
         "bytes_up": traffic["up"], "bytes_down": traffic["down"],
         "bytes_by_stage": traffic.get("stages", {}),
+        # the same round as the transport carried it (Flower messages, envelopes included);
+        # None in process, where nothing travels
+        "wire_bytes_up": traffic["wire"]["up"] if "wire" in traffic else None,
+        "wire_bytes_down": traffic["wire"]["down"] if "wire" in traffic else None,
         "backend": cfg.aggregation.backend,
         "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
         "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
@@ -313,14 +330,70 @@ def _metrics_up_to(out: Path, completed: int) -> None:
     write_text_atomic(path, "".join(x + "\n" for x in keep))
 
 
-def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
-        resume: bool = False) -> Path:
-    """Runs the federation and writes the run folder. Returns its path.
+@dataclass
+class Session:
+    """A run folder opened for rounds: the federation, and how far the run has come."""
+
+    fed: Federation
+    bars: ProgressBars
+    completed: int  # last completed round (-1: not even round 0)
+    resumes: int
+    started: float
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(self.fed.endpoints)
+
+    def rounds(self, transport: Transport | None = None) -> None:
+        """Runs every round not yet completed, frames travelling through ``transport``
+        (default: method calls in this process), and writes metrics and checkpoints."""
+        fed, bars, out = self.fed, self.bars, self.fed.out
+        metrics = out / "metrics.jsonl"
+
+        def emit(rows: list[dict[str, Any]]) -> None:
+            with metrics.open("a", encoding="utf-8") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        def done(rnd: int) -> None:
+            for client in fed.clients.values():
+                client.checkpoint(rnd)
+            write_json(_progress_file(out), {"completed": rnd, "resumes": self.resumes})
+            self.completed = rnd
+
+        zero: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
+        if self.completed < 0:
+            bars.start("round 0 (before training)", len(fed.clients))
+            if fed.cfg.evaluation.enabled and fed.cfg.evaluation.before_training:
+                emit(evaluate_all(fed, 0, zero, bars))
+            done(0)
+        for rnd in range(max(self.completed, 0) + 1, fed.cfg.rounds + 1):
+            bars.start(f"round {rnd}/{fed.cfg.rounds}", bars.phases)
+            traffic = run_round(fed, rnd, bars, transport=transport)
+            emit(evaluate_all(fed, rnd, traffic, bars) if fed.cfg.evaluation.enabled else [
+                metrics_row(fed, c, rnd, traffic[cid], {}, 0.0)
+                for cid, c in fed.clients.items()])
+            done(rnd)
+
+    def finish(self) -> Path:
+        """Closes the progress bars and writes the report."""
+        from privsem.reports.markdown import write_report
+
+        self.bars.close()
+        write_report(self.fed.out, self.fed.cfg, self.fed.plan,
+                     seconds=time.time() - self.started)
+        return self.fed.out
+
+
+def open_run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
+             resume: bool = False) -> Session:
+    """Checks the claims and the folder, sets the federation up and restores it on resume.
 
     A folder that already holds a run is never overwritten: with ``resume`` the run goes on
     after its last completed round, each client from its own checkpoint (T28); without, it is
     refused."""
-    from privsem.reports.markdown import write_report
     from privsem.threats import refuse_false_claims
 
     refuse_false_claims(cfg)  # fail closed, before any file or data is touched
@@ -341,37 +414,18 @@ def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
         completed, resumes = -1, 0
     bars = ProgressBars(cfg, enabled=show_progress)
     fed = setup(cfg, out, bars, resumes=resumes)
-    metrics = out / "metrics.jsonl"
     _metrics_up_to(out, completed)
     if resume:
         for client in fed.clients.values():
             client.restore(max(completed, 0))
     write_json(progress_file, {"completed": completed, "resumes": resumes})
+    return Session(fed, bars, completed, resumes, started)
 
-    def emit(rows: list[dict[str, Any]]) -> None:
-        with metrics.open("a", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
-    def done(rnd: int) -> None:
-        for client in fed.clients.values():
-            client.checkpoint(rnd)
-        write_json(progress_file, {"completed": rnd, "resumes": resumes})
-
-    zero: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
-    if completed < 0:
-        bars.start("round 0 (before training)", len(fed.clients))
-        if cfg.evaluation.enabled and cfg.evaluation.before_training:
-            emit(evaluate_all(fed, 0, zero, bars))
-        done(0)
-    for rnd in range(max(completed, 0) + 1, cfg.rounds + 1):
-        bars.start(f"round {rnd}/{cfg.rounds}", bars.phases)
-        traffic = run_round(fed, rnd, bars)
-        emit(evaluate_all(fed, rnd, traffic, bars) if cfg.evaluation.enabled else [
-            metrics_row(fed, c, rnd, traffic[cid], {}, 0.0) for cid, c in fed.clients.items()])
-        done(rnd)
-    bars.close()
-    write_report(out, cfg, fed.plan, seconds=time.time() - started)
-    return out
+def run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
+        resume: bool = False) -> Path:
+    """Runs the federation in this process and writes the run folder. Returns its path.
+    See :func:`open_run` for how an existing folder is treated."""
+    session = open_run(cfg, out, show_progress=show_progress, resume=resume)
+    session.rounds()
+    return session.finish()

@@ -23,12 +23,14 @@ endpoint; runtimes never branch on a party's type.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from privsem.aggregation.base import Answer, Gone, Helper
 from privsem.errors import ProtocolAbort
-from privsem.protocol.client import Client
 from privsem.protocol.messages import Stage
+
+if TYPE_CHECKING:  # a relay imports this module without loading models
+    from privsem.protocol.client import Client
 
 KINDS = ("spec", "aggregate", "consensus", "labels", "abort", "note")
 # A client mid-round when a new spec arrives missed the end of its last round (it went silent
@@ -107,6 +109,11 @@ class Transport(Protocol):
 
     def ask(self, kind: str, stage: str, frames: Mapping[str, bytes]) -> dict[str, Answer]: ...
 
+    def measured(self) -> dict[str, dict[str, int]]:
+        """Bytes the transport itself put on the wire per party (``up``, ``down``) since the
+        last call, envelopes included; {} where nothing travels."""
+        ...
+
 
 class InProcess:
     """Every party in this process: a delivery is a method call. ``drop(party, stage)``
@@ -133,3 +140,6 @@ class InProcess:
                     party, upload := self.first_stage()):
                 answers[party] = Gone(f"went silent before stage {upload} (simulated dropout)")
         return answers
+
+    def measured(self) -> dict[str, dict[str, int]]:
+        return {}
