@@ -60,6 +60,7 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
     R = cfg.rounds
     rp, cp, acc = cfg.privacy.record, cfg.privacy.client, cfg.privacy.accountant
     clients = {}
+    sigmas: dict[tuple[float, int], float] = {}  # clients with the same q and steps share σ
     for cid, n in examples.items():
         q = min(1.0, cfg.training.batch_size / n)
         steps = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
@@ -67,7 +68,10 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
             def event(s: float, q: float = q, total: int = steps * R) -> ev.DpEvent:
                 return dpsgd_event(noise_multiplier=s, sample_rate=q, steps=total)
 
-            sigma = calibrate(event, target_epsilon=rp.epsilon, delta=rp.delta, accountant=acc)
+            if (q, steps) not in sigmas:
+                sigmas[q, steps] = calibrate(event, target_epsilon=rp.epsilon, delta=rp.delta,
+                                             accountant=acc)
+            sigma = sigmas[q, steps]
             budget = rp.budget_epsilon
         else:
             sigma, budget = 0.0, math.inf
