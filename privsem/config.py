@@ -380,7 +380,9 @@ class FlowerConfig:
     """The Flower runtime (privsem.runtime.flower): how long the server waits, and, in
     simulation only, the clients that go silent each round."""
 
-    timeout: float = 600.0  # seconds the server waits for a stage's answers (T41)
+    spec_timeout: float = 3600.0  # seconds the server waits for the spec's answers (clients
+    # train, generate and release in between)
+    timeout: float = 600.0  # seconds it waits for the answers of every later stage (T41)
     notice_timeout: float = 5.0  # seconds it waits for a notice (abort, note) to be taken
     connect_timeout: float = 300.0  # seconds it waits for every party's node to connect
     dropout: float = 0.0  # simulation: fraction of clients that go silent each round
@@ -388,7 +390,7 @@ class FlowerConfig:
     hang: float = 0.0  # simulation: fraction of clients that hang (answer nothing) each round
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "notice_timeout", "connect_timeout"):
+        for name in ("spec_timeout", "timeout", "notice_timeout", "connect_timeout"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v > 0, name, v,
                    "use a finite number of seconds > 0; a server never waits forever")

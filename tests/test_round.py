@@ -51,7 +51,7 @@ def test_deterministic_under_a_seed(tmp_path):
     cfg = load_config(preset="smoke", overrides=SMOKE)
     a = run(cfg, tmp_path / "a", show_progress=False)
     b = run(cfg, tmp_path / "b", show_progress=False)
-    timing = {"seconds", "phase_seconds", "eval_seconds"}
+    timing = {"seconds", "phase_seconds", "eval_seconds", "round_seconds"}
     assert _strip(_rows(a / "metrics.jsonl"), timing) == _strip(_rows(b / "metrics.jsonl"),
                                                                  timing)
     volatile = {"time", "hash", "prev"}

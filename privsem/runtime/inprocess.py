@@ -253,6 +253,7 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
         "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
         "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
         "eval_seconds": eval_seconds,
+        "round_seconds": traffic.get("round_seconds"),
         "train_loss": log.dp_train.mean_loss if rnd > 0 and log.dp_train else None,
         "dp_steps": log.dp_train.steps if rnd > 0 and log.dp_train else 0,
         "empty_batches": log.dp_train.empty_batches if rnd > 0 and log.dp_train else 0,
@@ -371,7 +372,10 @@ class Session:
             done(0)
         for rnd in range(max(self.completed, 0) + 1, fed.cfg.rounds + 1):
             bars.start(f"round {rnd}/{fed.cfg.rounds}", bars.phases)
+            t0 = time.perf_counter()
             traffic = run_round(fed, rnd, bars, transport=transport)
+            for counts in traffic.values():  # the round's wall time, evaluation not included
+                counts["round_seconds"] = time.perf_counter() - t0
             emit(evaluate_all(fed, rnd, traffic, bars) if fed.cfg.evaluation.enabled else [
                 metrics_row(fed, c, rnd, traffic[cid], {}, 0.0)
                 for cid, c in fed.clients.items()])

@@ -144,18 +144,24 @@ def _node_party(context: Context, parties: Sequence[str], host: str | None) -> t
 class FlowerTransport:
     """Delivers frames to the parties' nodes through Flower's Grid.
 
-    A batch of requests goes out at once and waits at most ``timeout`` seconds; a party whose
-    reply has not arrived by then is Gone (T41), as is one whose node answered with an error.
-    Notices (``abort``, ``note``) wait at most ``notice_timeout``. ``wire`` accumulates the
+    A batch of requests goes out at once and waits at most ``timeout`` seconds (``spec_timeout``
+    for the spec, whose answer comes after training and generation); a party whose reply has
+    not arrived by then is Gone (T41), as is one whose node answered with an error. Notices
+    (``abort``, ``note``) wait at most ``notice_timeout``. ``wire`` accumulates the
     bytes of the Flower messages per party (see :func:`wire_size`) until :meth:`measured`."""
 
     def __init__(self, grid: Grid, nodes: Mapping[str, int], *, run: str, timeout: float,
-                 notice_timeout: float = 5.0, group: Callable[[], str] = lambda: "") -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout {timeout!r}: use a number of seconds > 0; a server "
-                             "never waits forever for a client")
+                 spec_timeout: float | None = None, notice_timeout: float = 5.0,
+                 group: Callable[[], str] = lambda: "") -> None:
+        spec_timeout = timeout if spec_timeout is None else spec_timeout
+        for name, t in (("timeout", timeout), ("spec_timeout", spec_timeout),
+                        ("notice_timeout", notice_timeout)):
+            if not t > 0:  # also refuses NaN; None never reaches Flower's wait-forever
+                raise ValueError(f"{name} {t!r}: use a number of seconds > 0; a server never "
+                                 "waits forever for a client")
         self.grid, self.nodes, self.run = grid, dict(nodes), run
-        self.timeout, self.notice_timeout, self.group = timeout, notice_timeout, group
+        self.timeout, self.spec_timeout = timeout, spec_timeout
+        self.notice_timeout, self.group = notice_timeout, group
         self.wire: dict[str, dict[str, int]] = {}
 
     def ask(self, kind: str, stage: str, frames: Mapping[str, bytes]) -> dict[str, Answer]:
@@ -172,7 +178,8 @@ class FlowerTransport:
             self._count(party, "down", wire_size(m))
             sent[self.nodes[party]] = party
             messages.append(m)
-        wait = self.notice_timeout if kind in ("abort", "note") else self.timeout
+        wait = (self.notice_timeout if kind in ("abort", "note") else
+                self.spec_timeout if kind == "spec" else self.timeout)
         for reply in self.grid.send_and_receive(messages, timeout=wait) if messages else ():
             who = sent.get(reply.metadata.src_node_id)
             if who is None or who in answers:

@@ -133,11 +133,12 @@ def simulate(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
     faults = SilentClients(cfg) if cfg.flower.dropout or cfg.flower.hang else None
     fc = cfg.flower
     with PartyHost(run_id, session.fed.endpoints, faults=faults,
-                   hang_seconds=fc.timeout + fc.notice_timeout) as host:
+                   hang_seconds=max(fc.timeout, fc.spec_timeout) + fc.notice_timeout) as host:
         def main(grid: Any, context: Any) -> None:
             nodes = wait_for_nodes(grid, len(parties), timeout=fc.connect_timeout)
             where = discover(grid, nodes, parties, run=run_id, timeout=fc.connect_timeout)
             session.rounds(FlowerTransport(grid, where, run=run_id, timeout=fc.timeout,
+                                           spec_timeout=fc.spec_timeout,
                                            notice_timeout=fc.notice_timeout,
                                            group=lambda: str(session.completed + 1)))
 
