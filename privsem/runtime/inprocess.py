@@ -236,8 +236,8 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
                 scores: dict[str, float], eval_seconds: float) -> dict[str, Any]:
     cfg, log = fed.cfg, client.log
     if rnd > 0 and log.round != rnd:  # the client never saw this round's spec
-        log = RoundLog(rnd, status=[f"took no part in this round: "
-                                    f"{traffic.get('gone', 'its spec never reached it')}"])
+        why = traffic.get("gone", "its spec never reached it")
+        log = RoundLog(rnd, status=[f"took no part in this round: {why}"])
     cons = fed.server.consensus if rnd > 0 else None
     rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
     row: dict[str, Any] = {
