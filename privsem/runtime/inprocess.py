@@ -234,15 +234,24 @@ def _with_wire(traffic: Traffic, net: Transport, out: dict[str, str]) -> Traffic
 
 def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, Any],
                 scores: dict[str, float], eval_seconds: float) -> dict[str, Any]:
-    cfg, log = fed.cfg, client.log
-    if rnd > 0 and log.round != rnd:  # the client never saw this round's spec
-        why = traffic.get("gone", "its spec never reached it")
-        log = RoundLog(rnd, status=[f"took no part in this round: {why}"])
-    cons = fed.server.consensus if rnd > 0 else None
-    rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
-    row: dict[str, Any] = {
-        "round": rnd, "client": client.id, "model": client.ccfg.model.name,
-        "architecture": client.architecture, "lora_parameters": client.lora_parameters,
+    """One client's row of metrics.jsonl: what the server saw of it, and what it measured."""
+    return {**server_fields(fed.server, fed.cfg, client.id, rnd, traffic),
+            **client_fields(client, fed.ledger, rnd, scores, eval_seconds,
+                            gone=traffic.get("gone"))}
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def server_fields(server: Server, cfg: RunConfig, cid: str, rnd: int,
+                  traffic: dict[str, Any]) -> dict[str, Any]:
+    """What the server knows of client ``cid`` in round ``rnd``: bytes, the aggregate, who
+    was counted, and why the client left the round if it did."""
+    cons = server.consensus if rnd > 0 else None
+    result = server.result if rnd > 0 else None
+    return _finite({
+        "round": rnd, "client": cid,
         "bytes_up": traffic["up"], "bytes_down": traffic["down"],
         "bytes_by_stage": traffic.get("stages", {}),
         # the same round as the transport carried it (Flower messages, envelopes included);
@@ -250,39 +259,51 @@ def metrics_row(fed: Federation, client: Client, rnd: int, traffic: dict[str, An
         "wire_bytes_up": traffic["wire"]["up"] if "wire" in traffic else None,
         "wire_bytes_down": traffic["wire"]["down"] if "wire" in traffic else None,
         "backend": cfg.aggregation.backend,
+        "round_seconds": traffic.get("round_seconds"),
+        "mean_agreement": float(cons.agreement.mean()) if cons is not None else None,
+        "agreement": [float(a) for a in cons.agreement] if cons is not None else None,
+        "consensus_noise_std": cons.noise_std if cons is not None else None,
+        "contributors": len(result.contributors) if result else 0,
+        "upload_rejected": result.rejected.get(cid) if result else None,
+        "counted": cid in result.contributors if result else False,
+        "dropped": list(result.dropped) if result else [],
+        "round_aborted": server.abort_reason if rnd > 0 else None,
+        # what the server's side of the back-end recorded (ckks: context digest, bytes to and
+        # from the key holder); JSON values only
+        "aggregate_detail": json.loads(json.dumps(dict(result.detail), default=str))
+        if result else {},
+        "left_round": traffic.get("gone"),
+    })
+
+
+def client_fields(client: Client, ledger: Ledger, rnd: int, scores: dict[str, float],
+                  eval_seconds: float, *, gone: str | None = None) -> dict[str, Any]:
+    """What client ``client`` measured in round ``rnd`` (its own log, scores and ledger)."""
+    cfg, log = client.cfg, client.log
+    if rnd > 0 and log.round != rnd:  # the client never saw this round's spec
+        why = gone or "its spec never reached it"
+        log = RoundLog(rnd, status=[f"took no part in this round: {why}"])
+    rd, cd = cfg.privacy.record.delta, cfg.privacy.client.delta
+    row: dict[str, Any] = {
+        "round": rnd, "client": client.id, "model": client.ccfg.model.name,
+        "architecture": client.architecture, "lora_parameters": client.lora_parameters,
         "seconds": sum(log.seconds.values()) if rnd > 0 else 0.0,
         "phase_seconds": {k: round(v, 3) for k, v in log.seconds.items()} if rnd > 0 else {},
         "eval_seconds": eval_seconds,
-        "round_seconds": traffic.get("round_seconds"),
         "train_loss": log.dp_train.mean_loss if rnd > 0 and log.dp_train else None,
         "dp_steps": log.dp_train.steps if rnd > 0 and log.dp_train else 0,
         "empty_batches": log.dp_train.empty_batches if rnd > 0 and log.dp_train else 0,
         "pseudo_label_loss": log.pseudo_train.mean_loss if rnd > 0 and log.pseudo_train
         else None,
         "pseudo_labels_next_round": log.labels if rnd > 0 else 0,
-        "mean_agreement": float(cons.agreement.mean()) if cons is not None else None,
-        "agreement": [float(a) for a in cons.agreement] if cons is not None else None,
-        "consensus_noise_std": cons.noise_std if cons is not None else None,
-        "contributors": len(fed.server.result.contributors)
-        if rnd > 0 and fed.server.result else 0,
         "clip_factor": log.clip_factor if rnd > 0 else None,
-        "upload_rejected": fed.server.result.rejected.get(client.id)
-        if rnd > 0 and fed.server.result else None,
-        "counted": client.id in fed.server.result.contributors
-        if rnd > 0 and fed.server.result else False,
-        "dropped": list(fed.server.result.dropped) if rnd > 0 and fed.server.result else [],
-        "round_aborted": fed.server.abort_reason if rnd > 0 else None,
         "aggregation": log.aggregation if rnd > 0 else {},
-        # what the server's side of the back-end recorded (ckks: context digest, bytes to and
-        # from the key holder); JSON values only
-        "aggregate_detail": json.loads(json.dumps(dict(fed.server.result.detail), default=str))
-        if rnd > 0 and fed.server.result else {},
-        "epsilon_record": fed.ledger.spent(client.id, "record", delta=rd),
-        "epsilon_client": fed.ledger.spent(client.id, "client", delta=cd),
+        "epsilon_record": ledger.spent(client.id, "record", delta=rd),
+        "epsilon_client": ledger.spent(client.id, "client", delta=cd),
         "status": log.status if rnd > 0 else ["before training"],
     }
     row.update(scores)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return _finite(row)
 
 
 def evaluate_all(fed: Federation, rnd: int, traffic: Traffic,
