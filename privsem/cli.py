@@ -263,6 +263,18 @@ def _quiet_known_noise() -> None:
         pass
 
 
+def _run_args(p: argparse.ArgumentParser, *, out: str, example: str, what: str) -> None:
+    """The arguments ``privsem run`` and ``privsem simulate`` share."""
+    p.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    p.add_argument("--preset", help="built-in preset: demo, smoke or audit")
+    p.add_argument("--out", help=f"run folder (default {out})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"override a field, e.g. --set {example}")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help=f"continue an interrupted {what} after its last completed round")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_known_noise()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -271,27 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="privsem", description=__doc__)
     sub = ap.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run a federation (default preset: demo)")
-    r.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    r.add_argument("--preset", help="built-in preset: demo, smoke or audit")
-    r.add_argument("--out", help="run folder (default runs/NAME)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a field, e.g. --set privacy.client.epsilon=4")
-    r.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run after its last completed round")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_args(r, out="runs/NAME", example="privacy.client.epsilon=4", what="run")
     r.set_defaults(fn=_run)
     sim = sub.add_parser("simulate", help="run a federation on Flower's simulation engine "
                          "(default preset: smoke)")
-    sim.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    sim.add_argument("--preset", help="built-in preset: demo, smoke or audit")
+    _run_args(sim, out="runs/NAME-flower", example="flower.dropout=0.1", what="simulation")
     sim.add_argument("--clients", type=int, help="grow the federation to N clients (copies of "
                      "the configured ones, ids <id>-<i>)")
-    sim.add_argument("--out", help="run folder (default runs/NAME-flower)")
-    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a field, e.g. --set flower.dropout=0.1")
-    sim.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue an interrupted simulation after its last completed round")
-    sim.add_argument("--quiet", action="store_true", help="no progress bars")
     sim.set_defaults(fn=_simulate)
     c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
                        "exits 1 when a claimed one does not hold")

@@ -136,3 +136,20 @@ def test_fifty_clients_with_dropouts_sum_exact_for_the_survivors(tmp_path, aggre
                           for e in es)}
         assert charged == {c.id for c in cfg.clients} - spec_silent
     print(f"\n50 clients, 2 rounds, dropout 0.1: {seconds:.0f} s")
+
+
+def test_privsem_simulate_command(tmp_path, capsys):
+    from privsem.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["simulate", "--clients", "4", "--set", "rounds=1", "--set", "max_prompts=3",
+                 "--set", "evaluation.enabled=false", "--out", str(out), "--quiet"]) == 0
+    assert f"run folder: {out}" in capsys.readouterr().out
+    rows = _rows(out / "metrics.jsonl")
+    assert sorted(r["client"] for r in rows) == ["alice-0", "alice-3", "bob-1", "carol-2"]
+    assert all(r["counted"] and r["wire_bytes_up"] > r["bytes_up"] for r in rows)
+    assert (out / "report.md").is_file()
+    # a folder holding a run is never overwritten; resume takes only the folder
+    assert main(["simulate", "--out", str(out), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["simulate", "--resume", str(out), "--clients", "5"]) == 2
