@@ -8,11 +8,13 @@
   function that turns a Flower run config into privsem's configuration.
 
 Importing this package turns off what would reach outside the machine: Flower's telemetry and
-Ray's usage statistics, and Ray's choice of a non-loopback address for its own processes.
+update check, Ray's usage statistics, and Ray's choice of a non-loopback address for its own
+processes.
 """
 
 import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback only
