@@ -142,6 +142,9 @@ def test_shared_selection_round(tmp_path):
     noms = [e for e in fed.ledger.entries if e.mechanism == "text_nomination"]
     assert len(noms) == 3
     assert all(t["up"] > 0 and t["down"] > 0 for t in traffic.values())
+    for t in traffic.values():  # the nominated texts up, the chosen labels down
+        assert t["stages"]["nomination"]["up"] > 0 and t["stages"]["labels"]["down"] > 0
+        assert t["stages"]["consensus"]["up"] == 0
 
 
 @pytest.mark.parametrize("operator", ["medoid", "geometric_median", "trimmed_mean"])

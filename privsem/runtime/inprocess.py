@@ -181,8 +181,9 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
         tell_gone(gone)
         out.update(gone)
         replies = {c: a for c, a in answers.items() if isinstance(a, bytes)}
+        answered = {"consensus": "nomination"}.get(kind, kind)  # what a reply to it is
         for cid, reply in replies.items() if kind != "spec" else ():
-            count(cid, kind, "up", len(reply))  # spec answers are counted by the exchange
+            count(cid, answered, "up", len(reply))  # spec answers: counted by the exchange
         return replies
 
     out: dict[str, str] = {}  # parties out of this round, and why
