@@ -192,3 +192,50 @@ def test_masked_round_aborts_cleanly_below_the_minimum(tmp_path):
     assert fed.server.result is None
     assert "below the minimum" in (fed.server.abort_reason or "")
     assert all(c.stage.stage.value == "aborted" for c in fed.clients.values())
+
+
+def test_split_federation_matches_the_whole(tmp_path):
+    """As in a deployment: the server built alone (no client, no private data, no ledger) and
+    each client alone with its own ledger and state. Run through the same transport, the
+    round gives the same aggregate and each client's ledger the same entries."""
+    from privsem.aggregation.masked.crypto import Identity
+    from privsem.runtime.inprocess import serve_round, setup_node, setup_server
+    from privsem.runtime.parties import ClientEndpoint, InProcess
+
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false"])
+    whole = setup(cfg, tmp_path / "whole", lambda s: None)
+    run_round(whole, 1, lambda s: None)
+
+    identities = {c.id: Identity() for c in cfg.clients}
+    registry = {cid: i.public for cid, i in identities.items()}
+    server = setup_server(cfg, registry=registry, progress=lambda s: None)
+    nodes = {c.id: setup_node(cfg, c.id, tmp_path / "nodes" / c.id, identity=identities[c.id],
+                              registry=registry, progress=lambda s: None)
+             for c in cfg.clients}
+    assert not hasattr(server, "ledger") and not hasattr(server, "clients")
+    net = InProcess({cid: ClientEndpoint(client) for cid, (client, _) in nodes.items()},
+                    drop=lambda c, s: False, first_stage=lambda: server.collector.stage,
+                    progress=lambda s: None)
+    serve_round(server, tuple(nodes), 1, net, lambda s: None)
+
+    assert server.result.contributors == whole.server.result.contributors
+    assert np.array_equal(server.result.total, whole.server.result.total)
+    volatile = {"time", "hash", "prev", "seq"}
+    for cid, (_, ledger) in nodes.items():
+        mine = _strip(_rows(tmp_path / "nodes" / cid / "ledger.jsonl"), volatile)
+        assert mine == [r for r in _strip(_rows(tmp_path / "whole" / "ledger.jsonl"), volatile)
+                        if r["client"] == cid]
+        assert {e.client for e in ledger.entries} == {cid}  # a node's ledger holds only its own
+
+
+def test_deployment_parts_refuse_what_they_cannot_serve(tmp_path):
+    from privsem.aggregation.masked.crypto import Identity
+    from privsem.errors import ConfigError
+    from privsem.runtime.inprocess import setup_node, setup_server
+
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "aggregation.backend=ckks"])
+    with pytest.raises(ConfigError, match="key holder"):
+        setup_server(cfg, registry={}, progress=lambda s: None)
+    with pytest.raises(ConfigError, match="one of the configured clients"):
+        setup_node(load_config(preset="smoke"), "mallory", tmp_path, identity=Identity(),
+                   registry={}, progress=lambda s: None)

@@ -140,6 +140,7 @@ class ServerAggregator(ABC):
 class AggregationBackend(ABC):
     name: str
     reveals_individual: bool
+    has_helpers: bool = False  # whether start_run creates parties besides clients and server
 
     def start_run(self, noise: NoisePlan, *, cohort: tuple[str, ...], prompts: int, dim: int,
                   settings: Any, randomness: Randomness) -> RunParties:

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from privsem.aggregation import exchange, get_backend
-from privsem.aggregation.base import Gone, Helper
+from privsem.aggregation.base import AggregationBackend, Gone, Helper
 from privsem.aggregation.masked.crypto import Identity
 from privsem.audits.planting import plant_for_run
-from privsem.config import RunConfig, dump_yaml
-from privsem.data import load_examples, load_prompts, prompt_set_hash
-from privsem.errors import RunFolderInUse
+from privsem.config import ClientConfig, RunConfig, dump_yaml
+from privsem.data import Example, PublicPrompt, load_examples, load_prompts
+from privsem.data import prompt_set_hash as prompt_hash_of
+from privsem.errors import ConfigError, RunFolderInUse
 from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
@@ -98,58 +99,128 @@ class ProgressBars:
         self.outer.close()
 
 
-def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) -> Federation:
-    out.mkdir(parents=True, exist_ok=True)
-    if resumes == 0:
-        (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+@dataclass(frozen=True)
+class Common:
+    """What every party derives from the configuration alone."""
+
+    prompts: list[PublicPrompt]
+    prompt_hash: str
+    embedder: Embedder
+    backend: AggregationBackend
+
+
+def common(cfg: RunConfig, progress: Progress) -> Common:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
-    phash = prompt_set_hash(prompts)
-    private = {c.id: load_examples(c.train) for c in cfg.clients}
+    progress("loading encoder")
+    embedder = Embedder(cfg.embedding.model, batch_size=cfg.embedding.batch_size)
+    return Common(prompts, prompt_hash_of(prompts), embedder, get_backend(cfg.aggregation.backend))
+
+
+def make_server(cfg: RunConfig, c: Common, plan: PrivacyPlan, *, registry: Mapping[str, bytes],
+                public: Mapping[str, bytes]) -> Server:
+    # Fail before any training if the back-end cannot serve this cohort (e.g. modulus too
+    # small for the number of clients).
+    expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=c.embedder.dim, public=public)
+    return Server(cfg, prompts=c.prompts, prompt_hash=c.prompt_hash, dim=c.embedder.dim,
+                  plan=plan, backend=c.backend, registry=dict(registry), public=public,
+                  embedder=c.embedder)
+
+
+def make_client(cfg: RunConfig, ccfg: ClientConfig, c: Common, plan: PrivacyPlan, *,
+                ledger: Ledger, store: ClientStore, identity: Identity,
+                registry: Mapping[str, bytes], public: Mapping[str, bytes],
+                private: list[Example], resumes: int) -> Client:
+    return Client(cfg, ccfg, prompts=c.prompts, prompt_hash=c.prompt_hash, embedder=c.embedder,
+                  ledger=ledger, plan=plan, backend=c.backend,
+                  # seeded streams restart on resume: a new label per resume keeps them from
+                  # repeating the noise of earlier rounds
+                  randomness=make_randomness(cfg.privacy.randomness, cfg.seed, "client",
+                                             ccfg.id,
+                                             *(("resume", resumes) if resumes else ())),
+                  identity=identity, registry=registry, public=public, private_data=private,
+                  store=store)
+
+
+def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) -> Federation:
+    """Every party of the federation in this process, sharing one run folder and ledger."""
+    out.mkdir(parents=True, exist_ok=True)
+    if resumes == 0:
+        (out / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    c = common(cfg, progress)
+    private = {cc.id: load_examples(cc.train) for cc in cfg.clients}
     # Audit canaries join their client's private data before the plan is made, so DP-SGD's
     # N, q = B/N and σ are those of the data the client trains on (T19, T43).
     plant_for_run(cfg, out, private, resumes=resumes)
-    plan = make_plan(cfg, {cid: len(ex) for cid, ex in private.items()}, len(prompts))
-    progress("loading encoder")
-    embedder = Embedder(cfg.embedding.model, batch_size=cfg.embedding.batch_size)
+    plan = make_plan(cfg, {cid: len(ex) for cid, ex in private.items()}, len(c.prompts))
     ledger = Ledger(out / "ledger.jsonl", accountant=cfg.privacy.accountant)
-    backend = get_backend(cfg.aggregation.backend)
     # Each client's long-term signing key; the public halves form the registry every party
     # trusts (a PKI set up out of band; in-process it is simply handed to everyone).
-    identities = {c.id: Identity() for c in cfg.clients}
+    identities = {cc.id: Identity() for cc in cfg.clients}
     registry = {cid: ident.public for cid, ident in identities.items()}
     resumed = ("resume", resumes) if resumes else ()
     # The back-end's own parties (ckks: the key holder, which makes its keys here) and the
     # public material every party receives before the first round.
-    progress(f"setting up {backend.name} aggregation")
-    parties = backend.start_run(plan.noise(), cohort=tuple(c.id for c in cfg.clients),
-                                prompts=len(prompts), dim=embedder.dim,
-                                settings=cfg.aggregation.settings(),
-                                randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
-                                                           "helpers", *resumed))
-    # Fail before any training if the back-end cannot serve this cohort (e.g. modulus too
-    # small for the number of clients).
-    expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=embedder.dim,
-                    public=parties.public)
+    progress(f"setting up {c.backend.name} aggregation")
+    parties = c.backend.start_run(plan.noise(), cohort=tuple(cc.id for cc in cfg.clients),
+                                  prompts=len(c.prompts), dim=c.embedder.dim,
+                                  settings=cfg.aggregation.settings(),
+                                  randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
+                                                             "helpers", *resumed))
+    server = make_server(cfg, c, plan, registry=registry, public=parties.public)
     clients = {}
-    for c in cfg.clients:
-        progress(f"loading {c.id}: {c.model.name}")
-        clients[c.id] = Client(cfg, c, prompts=prompts, prompt_hash=phash, embedder=embedder,
-                               ledger=ledger, plan=plan, backend=backend,
-                               # seeded streams restart on resume: a new label per resume
-                               # keeps them from repeating the noise of earlier rounds
-                               randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
-                                                          "client", c.id,
-                                                          *(("resume", resumes) if resumes
-                                                            else ())),
-                               identity=identities[c.id], registry=registry,
-                               public=parties.public, private_data=private[c.id],
-                               store=ClientStore(out / "state" / c.id))
-    server = Server(cfg, prompts=prompts, prompt_hash=phash, dim=embedder.dim, plan=plan,
-                    backend=backend, registry=registry, public=parties.public,
-                    embedder=embedder)
+    for cc in cfg.clients:
+        progress(f"loading {cc.id}: {cc.model.name}")
+        clients[cc.id] = make_client(cfg, cc, c, plan, ledger=ledger,
+                                     store=ClientStore(out / "state" / cc.id),
+                                     identity=identities[cc.id], registry=registry,
+                                     public=parties.public, private=private[cc.id],
+                                     resumes=resumes)
     return Federation(cfg, out, server, clients, ledger, plan, dict(parties.helpers))
+
+
+def setup_server(cfg: RunConfig, *, registry: Mapping[str, bytes], progress: Progress) -> Server:
+    """The server alone, as in a deployment: no client, no private data, no ledger. Its plan
+    holds only what every party derives from the configuration (clip, client-level noise)."""
+    if _has_helpers(cfg):
+        raise ConfigError("aggregation.backend", cfg.aggregation.backend,
+                          "a deployment of this back-end needs its helper party (the ckks key "
+                          "holder) on a node of its own, which is not built yet; use masked")
+    c = common(cfg, progress)
+    plan = make_plan(cfg, {}, len(c.prompts))
+    return make_server(cfg, c, plan, registry=registry, public={})
+
+
+def setup_node(cfg: RunConfig, client_id: str, folder: Path, *, identity: Identity,
+               registry: Mapping[str, bytes], progress: Progress,
+               resumes: int = 0) -> tuple[Client, Ledger]:
+    """One client alone, as on its own node in a deployment: its private data, its plan, and
+    its own ledger and state under ``folder`` (nothing of it is shared with other parties)."""
+    ccfg = next((cc for cc in cfg.clients if cc.id == client_id), None)
+    if ccfg is None:
+        raise ConfigError("client", client_id, "name one of the configured clients: "
+                          + ", ".join(cc.id for cc in cfg.clients))
+    if _has_helpers(cfg):
+        raise ConfigError("aggregation.backend", cfg.aggregation.backend,
+                          "a deployment of this back-end needs its helper party on a node of "
+                          "its own, which is not built yet; use masked")
+    folder.mkdir(parents=True, exist_ok=True)
+    c = common(cfg, progress)
+    private = {client_id: load_examples(ccfg.train)}
+    if cfg.audit.canaries is not None and cfg.audit.canaries.client == client_id:
+        plant_for_run(cfg, folder, private, resumes=resumes)
+    plan = make_plan(cfg, {client_id: len(private[client_id])}, len(c.prompts))
+    ledger = Ledger(folder / "ledger.jsonl", accountant=cfg.privacy.accountant)
+    client = make_client(cfg, ccfg, c, plan, ledger=ledger, store=ClientStore(folder / "state"),
+                         identity=identity, registry=registry, public={},
+                         private=private[client_id], resumes=resumes)
+    return client, ledger
+
+
+def _has_helpers(cfg: RunConfig) -> bool:
+    """Whether the configured back-end brings parties besides clients and server."""
+    return get_backend(cfg.aggregation.backend).has_helpers
 
 
 Traffic = dict[str, dict[str, Any]]
@@ -158,10 +229,20 @@ Traffic = dict[str, dict[str, Any]]
 def run_round(fed: Federation, rnd: int, progress: Progress,
               drop: Callable[[str, str], bool] = lambda client, stage: False,
               transport: Transport | None = None) -> Traffic:
-    """One round; returns bytes up/down per party (total and per stage), measured from the
-    serialised messages. Frames travel through ``transport`` (default: method calls in this
-    process, where ``drop(client, stage)`` simulates a client going silent)."""
-    traffic: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in fed.clients}
+    """One round of ``fed``; frames travel through ``transport`` (default: method calls in
+    this process, where ``drop(client, stage)`` simulates a client going silent)."""
+    net = transport or InProcess(fed.endpoints, drop=drop,
+                                 first_stage=lambda: fed.server.collector.stage,
+                                 progress=lambda text: progress(f"round {rnd}: {text}"))
+    return serve_round(fed.server, tuple(fed.clients), rnd, net, progress)
+
+
+def serve_round(server: Server, cohort: tuple[str, ...], rnd: int, net: Transport,
+                progress: Progress) -> Traffic:
+    """The server's side of one round with ``cohort``, every frame through ``net``; the only
+    party state it touches is the server's. Returns bytes up/down per party (total and per
+    stage), measured from the serialised messages."""
+    traffic: Traffic = {cid: {"up": 0, "down": 0, "stages": {}} for cid in cohort}
 
     def count(cid: str, stage: str, direction: str, n: int) -> None:
         # helper parties (the key holder) are counted too, under their own id
@@ -189,37 +270,33 @@ def run_round(fed: Federation, rnd: int, progress: Progress,
     out: dict[str, str] = {}  # parties out of this round, and why
 
     def tell_gone(gone: dict[str, str]) -> None:
-        clients = {c: f"aborted: {r}".encode() for c, r in gone.items() if c in fed.clients}
+        clients = {c: f"aborted: {r}".encode() for c, r in gone.items() if c in cohort}
         if clients:
             net.ask("abort", "abort", clients)
         for helper, reason in gone.items():  # a helper party failed: every client hears why
-            if helper not in fed.clients:
-                net.ask("note", "note", {c: f"{helper}: {reason}".encode() for c in fed.clients})
+            if helper not in cohort:
+                net.ask("note", "note", {c: f"{helper}: {reason}".encode() for c in cohort})
 
-    net = transport or InProcess(fed.endpoints, drop=drop,
-                                 first_stage=lambda: fed.server.collector.stage,
-                                 progress=lambda text: progress(f"round {rnd}: {text}"))
-    cohort = tuple(fed.clients)
-    spec = fed.server.open_round(rnd, cohort)                                   # 1. announce
-    first = deliver("spec", "spec", {cid: spec for cid in cohort})              # 2–6. clients
-    progress(f"round {rnd}: secure aggregation ({fed.server.backend.name})")
-    gone = exchange(fed.server.collector,                                       # 6. aggregate
+    spec = server.open_round(rnd, cohort)                                     # 1. announce
+    first = deliver("spec", "spec", {cid: spec for cid in cohort})            # 2–6. clients
+    progress(f"round {rnd}: secure aggregation ({server.backend.name})")
+    gone = exchange(server.collector,                                         # 6. aggregate
                     lambda stage, reqs: net.ask("aggregate", stage, reqs), first,
                     traffic=count)
     tell_gone(gone)
     out.update(gone)
     progress(f"round {rnd}: server forms the consensus")
-    broadcast = fed.server.close_uploads()                                      # 7. consensus
+    broadcast = server.close_uploads()                                        # 7. consensus
     if broadcast is None:
         net.ask("abort", "abort", {c: f"round aborted by the server: "
-                                      f"{fed.server.abort_reason}".encode() for c in cohort})
+                                      f"{server.abort_reason}".encode() for c in cohort})
         return _with_wire(traffic, net, out)
     live = [c for c in cohort if c not in out]
     nominations = deliver("consensus", "consensus", {c: broadcast for c in live})  # 8–9.
-    if fed.cfg.consensus.selection == "shared":
-        labels = fed.server.choose_labels(nominations)
+    if server.cfg.consensus.selection == "shared":
+        labels = server.choose_labels(nominations)
         deliver("labels", "labels", {c: labels for c in nominations})
-    fed.server.end_round()
+    server.end_round()
     return _with_wire(traffic, net, out)
 
 

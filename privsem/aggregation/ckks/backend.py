@@ -266,6 +266,7 @@ class KeyHolderParty:
 class CkksBackend(AggregationBackend):
     name = "ckks"
     reveals_individual = False
+    has_helpers = True  # the key holder
 
     def start_run(self, noise: NoisePlan, *, cohort: tuple[str, ...], prompts: int, dim: int,
                   settings: Any, randomness: Randomness) -> RunParties:
