@@ -263,6 +263,32 @@ def _quiet_known_noise() -> None:
         pass
 
 
+def _node(args: argparse.Namespace) -> int:
+    from privsem.runtime.flower.deploy import node_main
+
+    return node_main(Path(args.deployment), args.client, superlink=args.superlink,
+                     port=args.port)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """``privsem deploy trial``: the deployment on this machine's loopback, end to end."""
+    import json
+
+    from privsem.config import load_config
+    from privsem.runtime.flower.deploy import trial
+
+    cfg = load_config(args.config, preset=None if args.config else (args.preset or "smoke"),
+                      overrides=args.set or [])
+    out = Path(args.out) if args.out else _new_run_folder(f"{cfg.name}-deploy")
+    if out.exists():
+        print(f"{out}: already exists; a deployment folder is never reused", file=sys.stderr)
+        return 2
+    kill = None if args.no_kill else (args.kill or cfg.clients[-1].id)
+    summary = trial(cfg, out, kill=kill, kill_round=args.kill_round)
+    print(json.dumps(summary, indent=1))
+    return 0 if str(summary.get("status", "")).endswith("completed") else 1
+
+
 def _run_args(p: argparse.ArgumentParser, *, out: str, example: str, what: str) -> None:
     """The arguments ``privsem run`` and ``privsem simulate`` share."""
     p.add_argument("config", nargs="?", help="YAML or TOML configuration file")
@@ -291,6 +317,26 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--clients", type=int, help="grow the federation to N clients (copies of "
                      "the configured ones, ids <id>-<i>)")
     sim.set_defaults(fn=_simulate)
+    n = sub.add_parser("node", help="run one client's node of a Flower deployment (its "
+                       "SuperNode with TLS and authentication, and its party host)")
+    n.add_argument("deployment", help="the deployment folder (config.yaml, registry.json, pki/)")
+    n.add_argument("--client", required=True, help="the client this node hosts")
+    n.add_argument("--superlink", required=True, help="the SuperLink's address, host:port")
+    n.add_argument("--port", type=int, required=True, help="the SuperNode's local port")
+    n.set_defaults(fn=_node)
+    dep = sub.add_parser("deploy", help="Flower deployments")
+    dk = dep.add_subparsers(dest="deploy_cmd", required=True)
+    tr = dk.add_parser("trial", help="a SuperLink, TLS, SuperNode authentication and a node per "
+                       "client on loopback; one node killed mid-round; everything stopped")
+    tr.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    tr.add_argument("--preset", help="built-in preset (default smoke)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    tr.add_argument("--out", help="the deployment folder to create (default runs/NAME-deploy)")
+    tr.add_argument("--kill", metavar="CLIENT", help="the client whose node is killed (default: "
+                    "the last)")
+    tr.add_argument("--kill-round", type=int, default=2, help="the round it is killed in")
+    tr.add_argument("--no-kill", action="store_true", help="kill no node")
+    tr.set_defaults(fn=_deploy)
     c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
                        "exits 1 when a claimed one does not hold")
     c.add_argument("config", nargs="?", help="YAML or TOML configuration file")
