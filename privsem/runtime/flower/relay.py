@@ -16,8 +16,8 @@ length-prefixed privsem wire frames (no pickle), bounded by
 
 Faults (for simulation and tests, never on by default): ``faults(party, kind, stage)`` returns
 ``"drop"`` (the host closes the connection without an answer: the node crashed) or ``"hang"``
-(the host holds the connection for ``hang_seconds``, then closes it without delivering: the
-node is unresponsive), or None.
+(the host holds the connection for ``hang_seconds`` (a number, or a function of the kind),
+then closes it without delivering: the node is unresponsive), or None.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class PartyHost:
     socket's path, for the ClientApp (``node_config["privsem-host"]``)."""
 
     def __init__(self, run_id: str, endpoints: Mapping[str, Endpoint], *,
-                 faults: Fault | None = None, hang_seconds: float = 0.0,
+                 faults: Fault | None = None,
+                 hang_seconds: float | Callable[[str], float] = 0.0,
                  directory: str | Path | None = None) -> None:
         self.run_id, self.endpoints = run_id, dict(endpoints)
         self.faults, self.hang_seconds = faults, hang_seconds
@@ -163,7 +164,9 @@ class PartyHost:
             return answer_of(d, Gone(f"unknown delivery kind {d.kind!r}"))
         fault = self.faults(d.party, d.kind, d.stage) if self.faults else None
         if fault == "hang":
-            time.sleep(self.hang_seconds)  # outside the lock: the other parties go on
+            hang = self.hang_seconds
+            # outside the lock: the other parties go on
+            time.sleep(hang(d.kind) if callable(hang) else hang)
             return None
         if fault == "drop":
             return None

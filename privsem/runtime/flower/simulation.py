@@ -133,7 +133,9 @@ def simulate(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
     faults = SilentClients(cfg) if cfg.flower.dropout or cfg.flower.hang else None
     fc = cfg.flower
     with PartyHost(run_id, session.fed.endpoints, faults=faults,
-                   hang_seconds=max(fc.timeout, fc.spec_timeout) + fc.notice_timeout) as host:
+                   # a hung node answers nothing until the server has given up on it
+                   hang_seconds=lambda kind: (fc.spec_timeout if kind == "spec" else fc.timeout)
+                   + fc.notice_timeout) as host:
         def main(grid: Any, context: Any) -> None:
             nodes = wait_for_nodes(grid, len(parties), timeout=fc.connect_timeout)
             where = discover(grid, nodes, parties, run=run_id, timeout=fc.connect_timeout)
