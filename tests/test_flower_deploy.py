@@ -89,11 +89,11 @@ def test_T40_transport_refusals(tmp_path):
         t.superlink(paths["cert"], paths["key"], paths["ca"])
         t.register(pki / "node-alice.pub")
         cases = {
-            "wrong-ca": dict(ca=other_ca[0], key=pki / "node-alice"),
-            "unregistered-key": dict(ca=paths["ca"], key=pki / "node-mallory"),
-            "no-key": dict(ca=paths["ca"], key=None),
-            "plaintext": dict(ca=None, key=None, insecure=True),
-            "plaintext-with-key": dict(ca=None, key=pki / "node-alice", insecure=True),
+            "wrong-ca": {"ca": other_ca[0], "key": pki / "node-alice"},
+            "unregistered-key": {"ca": paths["ca"], "key": pki / "node-mallory"},
+            "no-key": {"ca": paths["ca"], "key": None},
+            "plaintext": {"ca": None, "key": None, "insecure": True},
+            "plaintext-with-key": {"ca": None, "key": pki / "node-alice", "insecure": True},
         }
         for i, (name, kw) in enumerate(cases.items()):
             proc = _supernode(t, name, port=9420 + i, **kw)
