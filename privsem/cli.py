@@ -289,6 +289,23 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0 if str(summary.get("status", "")).endswith("completed") else 1
 
 
+def _deploy_init(args: argparse.Namespace) -> int:
+    """``privsem deploy init``: the deployment folder for real hosts, no process started."""
+    from privsem.config import load_config
+    from privsem.runtime.flower.deploy import prepare
+
+    cfg = load_config(args.config, preset=None if args.config else (args.preset or "smoke"),
+                      overrides=args.set or [])
+    out = Path(args.out)
+    if out.exists():
+        print(f"{out}: already exists; a deployment folder is never reused", file=sys.stderr)
+        return 2
+    for name, path in prepare(cfg, out, hosts=tuple(args.host)).items():
+        print(f"{name}: {path}")
+    print(f"deployment folder: {out} (give each host only its part; see the README)")
+    return 0
+
+
 def _run_args(p: argparse.ArgumentParser, *, out: str, example: str, what: str) -> None:
     """The arguments ``privsem run`` and ``privsem simulate`` share."""
     p.add_argument("config", nargs="?", help="YAML or TOML configuration file")
@@ -337,6 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--kill-round", type=int, default=2, help="the round it is killed in")
     tr.add_argument("--no-kill", action="store_true", help="kill no node")
     tr.set_defaults(fn=_deploy)
+    ini = dk.add_parser("init", help="write a deployment folder (configuration, registry, CA, "
+                        "SuperLink certificate, node and identity keys) for real hosts")
+    ini.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    ini.add_argument("--preset", help="built-in preset (default smoke)")
+    ini.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    ini.add_argument("--out", required=True, help="the deployment folder to create")
+    ini.add_argument("--host", action="append", required=True,
+                     help="a name or address the nodes reach the SuperLink by (repeatable); "
+                     "it goes into the SuperLink's certificate")
+    ini.set_defaults(fn=_deploy_init)
     c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
                        "exits 1 when a claimed one does not hold")
     c.add_argument("config", nargs="?", help="YAML or TOML configuration file")

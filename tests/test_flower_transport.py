@@ -374,3 +374,33 @@ def test_T41_a_client_hung_at_any_stage_the_server_proceeds(smoke_federation, st
     assert ("bob" in result.contributors) == counted
     assert {"alice", "carol"} <= set(result.contributors)
     assert took < spec_wait + 40  # the round never waits for bob beyond its timeouts
+
+
+def test_deploy_init_writes_a_deployment_folder_for_real_hosts(tmp_path, capsys):
+    from cryptography import x509
+
+    from privsem.cli import main
+    from privsem.runtime.flower.deploy import deployment_id, read_registry
+    from privsem.runtime.flower.pki import read_identity, read_secret
+
+    out = tmp_path / "dep"
+    assert main(["deploy", "init", "--out", str(out), "--host", "link.example.org",
+                 "--host", "10.1.2.3"]) == 0
+    cert = x509.load_pem_x509_certificate((out / "pki" / "superlink.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in san] == ["link.example.org", "10.1.2.3"]
+    registry = read_registry(out / "registry.json")
+    assert sorted(registry) == ["alice", "bob", "carol"]
+    for c, public in registry.items():
+        assert read_identity(out / "nodes" / c / "identity.key").public == public
+        assert (out / "pki" / f"node-{c}").stat().st_mode & 0o077 == 0
+    assert len(deployment_id(out)) == 32
+    # a private key that others may read is refused; a folder is never reused
+    key = out / "nodes" / "alice" / "identity.key"
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_secret(key)
+    assert main(["deploy", "init", "--out", str(out), "--host", "x"]) == 2
+    assert main(["deploy", "init", "--out", str(tmp_path / "ckks"), "--host", "x",
+                 "--set", "aggregation.backend=ckks"]) == 2
+    assert "key holder" in capsys.readouterr().err

@@ -259,10 +259,11 @@ def dump_config(cfg: RunConfig, folder: Path) -> None:
 
 # ------------------------------------------------------------------------------ the trial
 
-def prepare(cfg: RunConfig, folder: Path) -> dict[str, Path]:
+def prepare(cfg: RunConfig, folder: Path,
+            hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
     """Writes a deployment folder for ``cfg``: configuration, identities and registry, CA,
-    SuperLink certificate, one SuperNode key per client. Returns the paths the processes
-    need."""
+    SuperLink certificate (for ``hosts``, the names the nodes reach it by), one SuperNode key
+    per client. Returns the paths the processes need."""
     from privsem.runtime.flower.pki import (
         issue_server_cert,
         make_ca,
@@ -282,7 +283,7 @@ def prepare(cfg: RunConfig, folder: Path) -> dict[str, Path]:
         make_node_key(pki, c.id)
     (folder / "registry.json").write_text(json.dumps(registry, indent=1), encoding="utf-8")
     ca = make_ca(pki)
-    crt, key = issue_server_cert(pki, ca)
+    crt, key = issue_server_cert(pki, ca, hosts=hosts)
     return {"ca": ca[0], "ca_key": ca[1], "cert": crt, "key": key}
 
 
