@@ -7,13 +7,17 @@ import json
 import subprocess
 import time
 
+import numpy as np
 import psutil
 import pytest
+from safetensors import safe_open
 
 from privsem.config import load_config
 from privsem.privacy.ledger import Ledger
+from privsem.protocol.server import Server
 from privsem.runtime.flower.deploy import Trial, flower_env, prepare, trial
 from privsem.runtime.flower.pki import issue_server_cert, make_ca, make_node_key
+from privsem.runtime.inprocess import run
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +32,22 @@ def _leftovers(folder):
             and any(str(folder) in a for a in (p.info["cmdline"] or []))]
 
 
-def test_deployment_trial_survives_a_killed_supernode(tmp_path):
+def test_deployment_trial_survives_a_killed_supernode(tmp_path, monkeypatch):
     cfg = load_config(preset="smoke", overrides=[
         "rounds=2", "max_prompts=3", "evaluation.max_questions=1", "flower.timeout=45",
         "flower.spec_timeout=90"])
+    # the same configuration in one process first, for T42
+    seen = {}
+    close = Server.close_uploads
+
+    def spy(self):
+        out = close(self)
+        if self.result is not None:
+            seen[self.spec.round] = (self.result.contributors, self.result.total.copy())
+        return out
+
+    monkeypatch.setattr(Server, "close_uploads", spy)
+    whole = run(cfg, tmp_path / "inprocess", show_progress=False)
     folder = tmp_path / "deploy"
     summary = trial(cfg, folder, kill="carol", kill_round=2, limit=900)
     assert summary["status"] == "finished:completed", summary
@@ -52,6 +68,20 @@ def test_deployment_trial_survives_a_killed_supernode(tmp_path):
         assert released <= charged  # nothing left a node before its ledger was charged
         assert (node / "identity.key").stat().st_mode & 0o077 == 0
     assert {r["round"] for r in _rows(folder / "nodes" / "alice" / "metrics.jsonl")} == {0, 1, 2}
+    # T42 across processes: round 1 (nobody killed yet) gives the in-process aggregate bit for
+    # bit, and each node's round-1 ledger entries are the in-process run's for that client
+    deployed = safe_open(str(folder / "run" / "aggregate-1.safetensors"), "numpy")
+    assert tuple(json.loads(deployed.metadata()["contributors"])) == seen[1][0]
+    assert np.array_equal(deployed.get_tensor("total"), seen[1][1])
+    volatile = ("time", "hash", "prev", "seq")
+
+    def entries(path, client):
+        return [{k: v for k, v in e.items() if k not in volatile} for e in _rows(path)
+                if e["client"] == client and e["round"] == 1]
+
+    for c in ("alice", "bob", "carol"):
+        assert entries(folder / "nodes" / c / "ledger.jsonl", c) == entries(
+            whole / "ledger.jsonl", c)
 
 
 def _supernode(t, name, *, ca, key=None, insecure=False, port):

@@ -180,15 +180,20 @@ class FlowerTransport:
             messages.append(m)
         wait = (self.notice_timeout if kind in ("abort", "note") else
                 self.spec_timeout if kind == "spec" else self.timeout)
+        t0 = time.monotonic()
         for reply in self.grid.send_and_receive(messages, timeout=wait) if messages else ():
             who = sent.get(reply.metadata.src_node_id)
             if who is None or who in answers:
                 continue  # not ours, or a second reply: the first one counts
             self._count(who, "up", wire_size(reply))
             answers[who] = read_answer(reply, run=self.run, party=who)
+        # Flower stops waiting at the limit, or earlier when it has dropped the node (a
+        # SuperNode whose heartbeat stopped): either way the party gave no answer
+        waited = time.monotonic() - t0
+        why = "timeout" if waited >= wait - 0.5 else "its node went offline"
         for party in frames:
-            answers.setdefault(party, Gone(f"no answer within {wait:g} s in stage {stage} "
-                                           "(timeout)"))
+            answers.setdefault(party, Gone(f"no answer in stage {stage} after {waited:.0f} s "
+                                           f"of {wait:g} s ({why})"))
         return answers
 
     def _count(self, party: str, direction: str, n: int) -> None:

@@ -157,6 +157,8 @@ def node_main(deployment: Path, client_id: str, *, superlink: str, port: int) ->
 
 def server_main(grid: Any, context: Any) -> None:
     """The ServerApp's main in a deployment. Its run config names the deployment folder."""
+    from safetensors.numpy import save_file
+
     from privsem.runtime.flower.simulation import from_run_config
     from privsem.runtime.inprocess import serve_round, server_fields, setup_server
 
@@ -186,6 +188,9 @@ def server_main(grid: Any, context: Any) -> None:
             counts["round_seconds"] = time.perf_counter() - t0
         for cid in cohort:
             _append(out / "metrics.jsonl", server_fields(server, cfg, cid, rnd, traffic[cid]))
+        if server.result is not None:  # the server's own view: the noisy sum it released
+            save_file({"total": server.result.total}, str(out / f"aggregate-{rnd}.safetensors"),
+                      metadata={"contributors": json.dumps(server.result.contributors)})
         counted = server.result.contributors if server.result else ()
         log(f"server: round {rnd} done; counted {counted}; aborted {server.abort_reason}")
     write_json(out / "done.json", {"rounds": cfg.rounds, "finished": time.time()})
