@@ -68,6 +68,10 @@ def test_deployment_trial_survives_a_killed_supernode(tmp_path, monkeypatch):
         assert released <= charged  # nothing left a node before its ledger was charged
         assert (node / "identity.key").stat().st_mode & 0o077 == 0
     assert {r["round"] for r in _rows(folder / "nodes" / "alice" / "metrics.jsonl")} == {0, 1, 2}
+    # the report joins the server's view with each node's rows and ledger
+    report = (folder / "report.md").read_text()
+    assert "round 2: sum over 2 survivors (alice, bob)" in report
+    assert "`carol` round 2: the ledger accounts" in report  # her node wrote no row
     # T42 across processes: round 1 (nobody killed yet) gives the in-process aggregate bit for
     # bit, and each node's round-1 ledger entries are the in-process run's for that client
     deployed = safe_open(str(folder / "run" / "aggregate-1.safetensors"), "numpy")

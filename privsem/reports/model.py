@@ -298,6 +298,66 @@ def _examples(cfg: RunConfig, plan: PrivacyPlan | None, run_dir: Path
     return sizes
 
 
+def _ledger(path: Path, cfg: Any, rows: tuple[ClientRound, ...]) -> tuple[Any, ...]:
+    if path.is_file():
+        try:  # verifies the hash chain and the head file
+            return tuple(Ledger(path, accountant=cfg.privacy.accountant).entries)
+        except LedgerCorrupted as e:
+            raise LedgerCorrupted(f"{e}. No report was written: its ε would not be "
+                                  "trustworthy") from None
+    if any(r.epsilon_record > 0 or r.epsilon_client > 0 or r.counted for r in rows):
+        raise DataError(str(path), None, "missing, although metrics.jsonl records "
+                        "releases; the ledger is the only account of what was spent "
+                        "(restore it from a backup)")
+    return ()
+
+
+def _is_deployment(folder: Path) -> bool:
+    """A Flower deployment's folder: the server's ``run/`` and a ``nodes/<id>/`` per client
+    (privsem.runtime.flower.deploy), gathered in one place by whoever writes the report."""
+    return (folder / "run" / "metrics.jsonl").is_file() and (folder / "nodes").is_dir()
+
+
+def _deployment(folder: Path, cfg: Any) -> tuple[tuple[ClientRound, ...], tuple[Any, ...], str]:
+    """The rows and ledger of a deployment: each row joins what the server saw of a client
+    in a round (``run/metrics.jsonl``) with what the client measured (``nodes/<id>/
+    metrics.jsonl``); the ledger is every node's own, each chain verified on its own."""
+    merged: dict[tuple[int, str], dict[str, Any]] = {}
+    for path in [folder / "run" / "metrics.jsonl",
+                 *(folder / "nodes" / c.id / "metrics.jsonl" for c in cfg.clients)]:
+        for _, d in _read_jsonl(path) if path.is_file() else ():
+            merged.setdefault((int(d["round"]), str(d["client"])), {}).update(d)
+    model = {c.id: c.model.name for c in cfg.clients}
+    rows = []
+    for (rnd, cid), d in sorted(merged.items()):
+        if "seconds" not in d:  # the server saw the client, but its node wrote no row (lost)
+            d.update(model=model.get(cid, "?"), seconds=0.0, epsilon_record=0.0,
+                     epsilon_client=0.0, status=[
+                         "its node reported nothing for this round (it was lost)",
+                         *([f"the server: {d['left_round']}"] if d.get("left_round") else [])])
+        d.setdefault("bytes_up", 0)  # a node's row from a round the server never began
+        d.setdefault("bytes_down", 0)
+        rows.append(_row(folder / "nodes" / cid / "metrics.jsonl", 0, d))
+    entries: list[Any] = []
+    heads = []
+    for c in cfg.clients:
+        path = folder / "nodes" / c.id / "ledger.jsonl"
+        if not path.is_file():
+            continue
+        try:
+            mine = Ledger(path, accountant=cfg.privacy.accountant).entries
+        except LedgerCorrupted as e:
+            raise LedgerCorrupted(f"{e}. No report was written: its ε would not be "
+                                  "trustworthy") from None
+        if {e.client for e in mine} - {c.id}:
+            raise LedgerCorrupted(f"{path}: holds entries of other clients; a node's ledger "
+                                  "is its own")
+        entries.extend(mine)
+        if mine:
+            heads.append(f"{c.id}:{mine[-1].hash[:12]}")
+    return tuple(rows), tuple(entries), " ".join(heads)
+
+
 def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
              seconds: float | None = None) -> RunData:
     """Reads and checks a run folder. Raises DataError (missing or malformed file) or
@@ -312,20 +372,13 @@ def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
                         "holds the resolved configuration there")
     cfg = load_config(str(cfg_path))
     metrics_path = run_dir / "metrics.jsonl"
-    rows = tuple(_row(metrics_path, n, d) for n, d in _read_jsonl(metrics_path))
     ledger_path = run_dir / "ledger.jsonl"
-    if ledger_path.is_file():
-        try:  # verifies the hash chain and the head file
-            entries = Ledger(ledger_path, accountant=cfg.privacy.accountant).entries
-        except LedgerCorrupted as e:
-            raise LedgerCorrupted(f"{e}. No report was written: its ε would not be "
-                                  "trustworthy") from None
+    if _is_deployment(run_dir):
+        rows, entries, head = _deployment(run_dir, cfg)
     else:
-        if any(r.epsilon_record > 0 or r.epsilon_client > 0 or r.counted for r in rows):
-            raise DataError(str(ledger_path), None, "missing, although metrics.jsonl records "
-                            "releases; the ledger is the only account of what was spent "
-                            "(restore it from a backup)")
-        entries = ()
+        rows = tuple(_row(metrics_path, n, d) for n, d in _read_jsonl(metrics_path))
+        entries = _ledger(ledger_path, cfg, rows)
+        head = entries[-1].hash if entries else ""
     known = {c.id for c in cfg.clients}
     strangers = sorted({e.client for e in entries} - known)
     if strangers:
@@ -342,7 +395,7 @@ def load_run(run_dir: str | Path, *, plan: PrivacyPlan | None = None,
                      "fewer.")
     prompt_ids = _prompt_ids(cfg, rows)
     return RunData(run_dir=run_dir, cfg=cfg, rows=rows, ledger=entries,
-                   ledger_head=entries[-1].hash if entries else "", last_round=last,
+                   ledger_head=head, last_round=last,
                    spend=spend, outcomes=_outcomes(rows), prompt_ids=prompt_ids,
                    examples=_examples(cfg, plan, run_dir), masking=_masking(cfg, len(prompt_ids)),
                    ckks=_ckks(cfg),

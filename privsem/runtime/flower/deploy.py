@@ -432,4 +432,8 @@ def trial(cfg: RunConfig, folder: Path, *, kill: str | None = None, kill_round: 
     finally:
         t.close()
     write_json(folder / "trial.json", summary)
+    if (folder / "run" / "metrics.jsonl").is_file():  # on loopback every part is here
+        from privsem.reports.write import write_reports
+
+        write_reports(folder, seconds=summary.get("seconds"))
     return summary
