@@ -11,8 +11,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from privsem.errors import PrivsemError
+
+if TYPE_CHECKING:
+    from privsem.config import RunConfig
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -270,18 +274,28 @@ def _node(args: argparse.Namespace) -> int:
                      port=args.port)
 
 
+def _deploy_config(args: argparse.Namespace) -> RunConfig:
+    from privsem.config import load_config
+
+    return load_config(args.config, preset=None if args.config else (args.preset or "smoke"),
+                       overrides=args.set or [])
+
+
+def _reused(out: Path) -> bool:
+    if out.exists():
+        print(f"{out}: already exists; a deployment folder is never reused", file=sys.stderr)
+    return out.exists()
+
+
 def _deploy(args: argparse.Namespace) -> int:
     """``privsem deploy trial``: the deployment on this machine's loopback, end to end."""
     import json
 
-    from privsem.config import load_config
     from privsem.runtime.flower.deploy import trial
 
-    cfg = load_config(args.config, preset=None if args.config else (args.preset or "smoke"),
-                      overrides=args.set or [])
+    cfg = _deploy_config(args)
     out = Path(args.out) if args.out else _new_run_folder(f"{cfg.name}-deploy")
-    if out.exists():
-        print(f"{out}: already exists; a deployment folder is never reused", file=sys.stderr)
+    if _reused(out):
         return 2
     kill = None if args.no_kill else (args.kill or cfg.clients[-1].id)
     summary = trial(cfg, out, kill=kill, kill_round=args.kill_round)
@@ -291,19 +305,22 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def _deploy_init(args: argparse.Namespace) -> int:
     """``privsem deploy init``: the deployment folder for real hosts, no process started."""
-    from privsem.config import load_config
     from privsem.runtime.flower.deploy import prepare
 
-    cfg = load_config(args.config, preset=None if args.config else (args.preset or "smoke"),
-                      overrides=args.set or [])
+    cfg = _deploy_config(args)
     out = Path(args.out)
-    if out.exists():
-        print(f"{out}: already exists; a deployment folder is never reused", file=sys.stderr)
+    if _reused(out):
         return 2
     for name, path in prepare(cfg, out, hosts=tuple(args.host)).items():
         print(f"{name}: {path}")
     print(f"deployment folder: {out} (give each host only its part; see the README)")
     return 0
+
+
+def _config_args(p: argparse.ArgumentParser, preset_help: str) -> None:
+    p.add_argument("config", nargs="?", help="YAML or TOML configuration file")
+    p.add_argument("--preset", help=preset_help)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
 
 
 def _run_args(p: argparse.ArgumentParser, *, out: str, example: str, what: str) -> None:
@@ -345,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     dk = dep.add_subparsers(dest="deploy_cmd", required=True)
     tr = dk.add_parser("trial", help="a SuperLink, TLS, SuperNode authentication and a node per "
                        "client on loopback; one node killed mid-round; everything stopped")
-    tr.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    tr.add_argument("--preset", help="built-in preset (default smoke)")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    _config_args(tr, "built-in preset (default smoke)")
     tr.add_argument("--out", help="the deployment folder to create (default runs/NAME-deploy)")
     tr.add_argument("--kill", metavar="CLIENT", help="the client whose node is killed (default: "
                     "the last)")
@@ -356,9 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.set_defaults(fn=_deploy)
     ini = dk.add_parser("init", help="write a deployment folder (configuration, registry, CA, "
                         "SuperLink certificate, node and identity keys) for real hosts")
-    ini.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    ini.add_argument("--preset", help="built-in preset (default smoke)")
-    ini.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    _config_args(ini, "built-in preset (default smoke)")
     ini.add_argument("--out", required=True, help="the deployment folder to create")
     ini.add_argument("--host", action="append", required=True,
                      help="a name or address the nodes reach the SuperLink by (repeatable); "
@@ -366,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ini.set_defaults(fn=_deploy_init)
     c = sub.add_parser("check", help="which threat models a configuration defends, and why; "
                        "exits 1 when a claimed one does not hold")
-    c.add_argument("config", nargs="?", help="YAML or TOML configuration file")
-    c.add_argument("--preset", help="built-in preset: demo, smoke or audit")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    _config_args(c, "built-in preset: demo, smoke or audit")
     c.add_argument("--threat-model", action="append", metavar="NAME",
                    help="claim this threat model (repeatable); exit 1 if it does not hold")
     c.add_argument("--json", action="store_true", help="machine-readable output")

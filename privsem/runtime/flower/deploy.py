@@ -87,8 +87,8 @@ class NodeEndpoint:
     evaluates the client, writes its metrics row to its own folder and checkpoints it."""
 
     def __init__(self, client: Any, ledger: Any, folder: Path) -> None:
-        self.inner, self.client, self.ledger, self.folder = ClientEndpoint(client), client, \
-            ledger, folder
+        self.inner = ClientEndpoint(client)
+        self.client, self.ledger, self.folder = client, ledger, folder
         self.recorded: set[int] = set()
 
     def handle(self, kind: str, frame: bytes) -> Any:
