@@ -2,7 +2,8 @@
 ``privsem simulate [CONFIG] [--preset NAME] [--clients N] [--set key=value ...]`` (Flower),
 ``privsem report RUN_DIR``, ``privsem audit canaries|mia|inversion RUN_DIR``,
 ``privsem check [CONFIG] [--preset NAME] [--threat-model NAME ...]``,
-``privsem bench [--quick] [--out DIR]``."""
+``privsem bench [--quick] [--out DIR | --resume DIR]``, ``privsem deploy trial|init``,
+``privsem node DIR``."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from privsem.config import load_config, parse_override
     from privsem.runtime.flower.simulation import from_run_config, simulate
 
+    if args.resume and args.out:
+        print("--out and --resume both name the benchmark folder; give one", file=sys.stderr)
+        return 2
     if args.resume:
         out = Path(args.resume)
         if args.config or args.preset or args.set or args.out or args.clients:
@@ -224,11 +228,20 @@ def _bench(args: argparse.Namespace) -> int:
     writes DIR/bench.json, DIR/bench.md and DIR/plots/."""
     from privsem.bench.suite import FEDERATIONS, PRIVACY, TASKS, run_bench
 
-    if args.out:
+    if args.resume and args.out:
+        print("--out and --resume both name the benchmark folder; give one", file=sys.stderr)
+        return 2
+    if args.resume:
+        out = Path(args.resume)
+        if not (out / "results").is_dir() and not (out / "data").is_dir():
+            print(f"{out}: no benchmark to resume there (no results/ or data/ folder); run "
+                  "without --resume and with --out to start one", file=sys.stderr)
+            return 2
+    elif args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
             print(f"{out}: not empty; a benchmark folder is never overwritten, choose another "
-                  "--out", file=sys.stderr)
+                  "--out, or continue it with --resume", file=sys.stderr)
             return 2
     else:  # runs/bench, or the first runs/bench-k that does not exist
         base = "bench-quick" if args.quick else "bench"
@@ -247,6 +260,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(out, quick=args.quick, tasks=args.task or TASKS,
                        federations=args.federation or FEDERATIONS,
                        privacy=args.privacy or PRIVACY, micro=not args.no_micro,
+                       resume=bool(args.resume),
                        progress=lambda s: print(s, file=sys.stderr, flush=True))
     print((out / "bench.md").read_text(encoding="utf-8"))
     print(f"benchmark folder: {out} ({result['seconds'] / 60:.1f} min)")
@@ -398,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true",
                    help="tiny random models and small tasks (CI; a few minutes)")
     b.add_argument("--out", help="results folder (default runs/bench or runs/bench-quick)")
+    b.add_argument("--resume", metavar="DIR",
+                   help="continue the benchmark in DIR: keep every stored result whose inputs "
+                   "match, run the rest, rewrite bench.json, bench.md and plots")
     b.add_argument("--task", action="append", help="knowledge or instructions (default both)")
     b.add_argument("--federation", action="append",
                    help="homogeneous or heterogeneous (default both)")

@@ -85,3 +85,58 @@ def test_privsem_bench_refuses_a_used_folder_and_unknown_names(tmp_path: Path,
         assert main(["bench", "--quick", "--out", str(tmp_path / "new"), flag, bad]) == 2
         assert f"{flag} '{bad}' is not known" in capsys.readouterr().err
         assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_privsem_bench_resume_keeps_finished_methods_and_reruns_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench"
+    slice_ = ["--task", "knowledge", "--federation", "homogeneous", "--privacy", "none",
+              "--no-micro"]
+    assert main(["bench", "--quick", "--out", str(out), *slice_]) == 0
+    capsys.readouterr()
+    first = json.loads((out / "bench.json").read_text("utf-8"))
+    before = first["cells"][0]["methods"]
+    assert first["provenance"]["method_runs"] == 5 and first["provenance"]["kept"] == 0
+    results = out / "results"
+    # an interruption during semantic: its run folder exists, its result was never written
+    (results / "knowledge-homogeneous-none-semantic.json").unlink()
+    # a result computed from other inputs (another configuration, other data)
+    local = results / "knowledge-homogeneous-none-local.json"
+    stale = json.loads(local.read_text("utf-8"))
+    stale["inputs"]["config_sha256"] = "0" * 64
+    local.write_text(json.dumps(stale), encoding="utf-8")
+    # refused: nothing to resume, or the folder named twice
+    assert main(["bench", "--quick", "--resume", str(tmp_path / "none"), *slice_]) == 2
+    assert "no benchmark to resume" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--resume", str(out), "--out", str(out), *slice_]) == 2
+    assert "give one" in capsys.readouterr().err
+
+    assert main(["bench", "--quick", "--resume", str(out), *slice_]) == 0
+    err = capsys.readouterr().err
+    again = json.loads((out / "bench.json").read_text("utf-8"))
+    after = again["cells"][0]["methods"]
+    assert list(after) == list(before)
+    for name in ("zero_shot", "fedavg", "centralised"):  # kept as they were, not run again
+        assert after[name]["kept"] is True
+        assert after[name]["ran"] == before[name]["ran"]
+        assert after[name]["seconds"] == before[name]["seconds"]
+        assert after[name]["summary"] == before[name]["summary"]
+    for name in ("local", "semantic"):
+        assert after[name]["kept"] is False
+        assert after[name]["ran"]["started_utc"] >= before[name]["ran"]["finished_utc"]
+        # seeded: the re-run reproduces the figures
+        assert after[name]["scores"] == before[name]["scores"]
+        assert f"/ none / {name}\n" in err
+    # nothing deleted: the stale result and both unfinished run folders moved aside
+    assert json.loads((results / "knowledge-homogeneous-none-local.json.aside-1")
+                      .read_text("utf-8")) == stale
+    runs = out / "runs" / "knowledge" / "homogeneous" / "none"
+    assert (runs / "semantic.aside-1" / "ledger.jsonl").exists()
+    assert (runs / "local.aside-1").is_dir()
+    assert "moved to knowledge-homogeneous-none-local.json.aside-1" in err
+    p = again["provenance"]
+    assert (p["method_runs"], p["kept"]) == (5, 3)
+    assert p["first_started_utc"] == first["provenance"]["first_started_utc"]
+    md = (out / "bench.md").read_text("utf-8")
+    assert "5 method runs, 3 of them kept from earlier invocations" in md

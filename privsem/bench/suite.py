@@ -12,13 +12,24 @@ which a client can learn text its own model cannot produce.
 
 Results: ``OUT/bench.json`` (everything, with the machine described), ``OUT/bench.md`` (the
 tables), ``OUT/plots/*.png``; the run folders of every method stay under ``OUT/runs/``.
+
+The full grid takes hours, so nothing finished is lost to an interruption: each method's result
+is written to ``OUT/results/`` the moment it finishes, with what it was computed from (the
+configuration, the content of every data file it read) and when and where it ran. A run with
+``resume=True`` keeps every stored result whose inputs still match and runs only the rest; a run
+folder left by an interrupted method, and a stored result that no longer matches, are moved
+aside (``NAME.aside-K``), never deleted. ``bench.json`` says which results were kept and which
+ran in this invocation.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import math
 import os
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +38,7 @@ from typing import Any
 
 from privsem.bench.baselines import METHODS, MethodRun, perplexity, run_method
 from privsem.bench.tasks import TASKS, TaskFiles, write_task
-from privsem.config import RunConfig, build
+from privsem.config import RunConfig, build, to_dict
 
 FEDERATIONS = ("homogeneous", "heterogeneous")
 PRIVACY = ("dp", "none")
@@ -304,10 +315,109 @@ def machine() -> dict[str, Any]:
     return out
 
 
+def _sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def method_inputs(cfg: RunConfig, method: str) -> dict[str, Any]:
+    """What a method's result is computed from: its configuration, with every data file it reads
+    replaced by the SHA-256 of the file's content (so the same data at another path matches and
+    changed data does not)."""
+    data = to_dict(cfg)
+    if cfg.prompts is not None:
+        data["prompts"] = _sha256_file(cfg.prompts)
+    for c, spec in zip(data["clients"], cfg.clients, strict=True):
+        c["train"] = _sha256_file(spec.train)
+        if spec.eval is not None:
+            c["eval"] = _sha256_file(spec.eval)
+    canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return {"method": method, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+def _commit() -> str | None:
+    """The git commit of the code that ran, where privsem runs from a checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=Path(__file__).parent, capture_output=True, text=True,
+                           timeout=10, check=False)
+    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _load() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _aside(path: Path) -> Path:
+    """Moves ``path`` to the first free ``NAME.aside-K`` beside it; returns where it went."""
+    k = 1
+    while (dest := path.with_name(f"{path.name}.aside-{k}")).exists():
+        k += 1
+    path.rename(dest)
+    return dest
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _kept(path: Path, inputs: dict[str, Any], progress: Callable[[str], None]
+          ) -> dict[str, Any] | None:
+    """The stored result at ``path`` if its inputs are ``inputs``; a stored result that is
+    unreadable or was computed from other inputs is moved aside."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        same = stored["inputs"] == inputs
+        entry = stored["entry"] if same else None
+    except (ValueError, KeyError, TypeError) as exc:
+        progress(f"bench: {path.name} is not a readable result ({exc}); moved to "
+                 f"{_aside(path).name}, running it again")
+        return None
+    if entry is None:
+        progress(f"bench: {path.name} was computed from other inputs; moved to "
+                 f"{_aside(path).name}, running it again")
+    return entry
+
+
+def _run_one(variant: str, cfg: RunConfig, folder: Path, commit: str | None,
+             progress: Callable[[str], None]) -> dict[str, Any]:
+    """Runs one method into ``folder`` (a folder an interrupted invocation left there is moved
+    aside first) and returns its entry, with when and where it ran."""
+    if folder.exists():
+        progress(f"bench: {folder} was left unfinished; moved to {_aside(folder).name}")
+    ran = {"started_utc": _now(), "load_average_at_start": _load(), "commit": commit}
+    method = "semantic" if variant.startswith("semantic") else variant
+    t0 = time.perf_counter()
+    r: MethodRun = run_method(method, cfg, folder, lambda s: None)
+    seconds = time.perf_counter() - t0
+    return {"method": method, "note": r.note, "scores": r.scores, "rounds": r.rounds,
+            "epsilon": r.epsilon, "seconds": seconds, "folder": str(folder),
+            "ran": {**ran, "finished_utc": _now(), "load_average_at_end": _load()}}
+
+
 def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
               federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
-              progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              resume: bool = False, progress: Callable[[str], None] = print
+              ) -> list[dict[str, Any]]:
+    """Every method of every cell. Each result is stored in ``out/results/`` as it finishes;
+    with ``resume`` a stored result whose inputs match is kept instead of run again (its entry
+    says ``"kept": true``)."""
     cells = []
+    commit = _commit()
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not known; use one of {', '.join(TASKS)}")
@@ -320,18 +430,28 @@ def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
                     "models": federation_models(fed, size), "description": files.description,
                     "methods": {}}
                 for variant in methods_for(fed, priv):
-                    if variant == "zero_shot" and zero is not None:  # privacy plays no part
+                    if variant == "zero_shot" and zero is not None:
                         cell["methods"][variant] = zero
                         continue
-                    cfg = cell_config(files, fed, priv, variant, size)
-                    method = "semantic" if variant.startswith("semantic") else variant
-                    folder = out / "runs" / task / fed / priv / variant.replace("+", "-")
-                    progress(f"bench: {task} / {fed} / {priv} / {variant}")
-                    t0 = time.perf_counter()
-                    r: MethodRun = run_method(method, cfg, folder, lambda s: None)
-                    entry = {"method": method, "note": r.note, "scores": r.scores,
-                             "rounds": r.rounds, "epsilon": r.epsilon,
-                             "seconds": time.perf_counter() - t0, "folder": str(folder)}
+                    # privacy plays no part in the zero-shot floor: one run serves both cells
+                    key = ("zero_shot" if variant == "zero_shot"
+                           else f"{priv}-{variant.replace('+', '-')}")
+                    cfg = cell_config(files, fed, "none" if variant == "zero_shot" else priv,
+                                      variant, size)
+                    inputs = method_inputs(cfg, variant)
+                    stored = out / "results" / f"{task}-{fed}-{key}.json"
+                    entry = _kept(stored, inputs, progress) if resume else None
+                    if entry is not None:
+                        progress(f"bench: {task} / {fed} / {priv} / {variant}: kept (finished "
+                                 f"{entry['ran']['finished_utc']})")
+                        entry["kept"] = True
+                    else:
+                        progress(f"bench: {task} / {fed} / {priv} / {variant}")
+                        entry = _run_one(variant, cfg,
+                                         out / "runs" / task / fed / key.replace("-", "/", 1),
+                                         commit, progress)
+                        _write_json(stored, {"inputs": inputs, "entry": entry})
+                        entry["kept"] = False
                     entry["summary"] = summarise(task, entry)
                     cell["methods"][variant] = entry
                     if variant == "zero_shot":
@@ -342,8 +462,10 @@ def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
 
 def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
               federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
-              micro: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs the benchmark into ``out`` and returns the JSON it wrote."""
+              micro: bool = True, resume: bool = False,
+              progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the benchmark into ``out`` and returns the JSON it wrote. With ``resume``, results
+    stored in ``out/results/`` by an earlier invocation are kept where their inputs match."""
     from privsem.bench import comm
 
     size = QUICK if quick else FULL
@@ -360,22 +482,62 @@ def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
     if micro:
         from privsem.bench import micro as micro_mod
 
-        progress("bench: micro-benchmarks")
-        t0 = time.perf_counter()
-        result["micro"] = micro_mod.run_all(quick)
-        result["micro_seconds"] = time.perf_counter() - t0
+        stored = out / "results" / "micro.json"
+        inputs = {"benchmark": "micro", "quick": quick}
+        kept = _kept(stored, inputs, progress) if resume else None
+        if kept is not None:
+            progress(f"bench: micro-benchmarks kept (finished {kept['ran']['finished_utc']})")
+            result["micro"], result["micro_seconds"] = kept["micro"], kept["seconds"]
+        else:
+            progress("bench: micro-benchmarks")
+            t0, begun = time.perf_counter(), _now()
+            result["micro"] = micro_mod.run_all(quick)
+            result["micro_seconds"] = time.perf_counter() - t0
+            _write_json(stored, {"inputs": inputs, "entry": {
+                "micro": result["micro"], "seconds": result["micro_seconds"],
+                "ran": {"started_utc": begun, "finished_utc": _now(), "commit": _commit()}}})
+        result["micro_kept"] = kept is not None
     t0 = time.perf_counter()
     result["cells"] = run_cells(out, size, tasks=tasks, federations=federations,
-                                privacy=privacy, progress=progress)
+                                privacy=privacy, resume=resume, progress=progress)
     result["cells_seconds"] = time.perf_counter() - t0
     result["seconds"] = time.perf_counter() - started
-    result["machine"]["load_average_at_end"] = (list(os.getloadavg())
-                                             if hasattr(os, "getloadavg") else None)
+    result["machine"]["load_average_at_end"] = _load()
+    result["provenance"] = provenance(result)
     (out / "bench.json").write_text(json.dumps(result, indent=1, default=str) + "\n",
                                     encoding="utf-8")
     plot_cells(result, out / "plots")
     (out / "bench.md").write_text(format_markdown(result), encoding="utf-8")
     return result
+
+
+def provenance(result: dict[str, Any]) -> dict[str, Any]:
+    """Where the figures of a result come from: how many method runs ran in this invocation and
+    how many were kept from earlier ones, when they ran, the code commits and the summed
+    seconds of every method run (the time the whole grid took, however it was split)."""
+    entries = {id(e): e for c in result["cells"] for e in c["methods"].values()}.values()
+    ran = [e["ran"] for e in entries]
+    return {"method_runs": len(ran), "kept": sum(bool(e.get("kept")) for e in entries),
+            "first_started_utc": min((r["started_utc"] for r in ran), default=None),
+            "last_finished_utc": max((r["finished_utc"] for r in ran), default=None),
+            "commits": sorted({str(r.get("commit")) for r in ran}),
+            "method_seconds": sum(e["seconds"] for e in entries)}
+
+
+def _provenance_line(result: dict[str, Any]) -> str:
+    p = result.get("provenance")
+    if not p:
+        return ""
+    kept = (f"{p['kept']} of them kept from earlier invocations (`--resume`), "
+            f"{p['method_runs'] - p['kept']} run in this one"
+            if p["kept"] else "all run in this invocation")
+    return (f"{p['method_runs']} method runs, {kept}; started {p['first_started_utc']}, last "
+            f"finished {p['last_finished_utc']}; {p['method_seconds'] / 60:.1f} min of method "
+            f"runs in all; code {', '.join(_short(c) for c in p['commits'])}.")
+
+
+def _short(commit: str) -> str:
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -387,7 +549,7 @@ def format_markdown(result: dict[str, Any]) -> str:
               f"{m.get('memory_gib')} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
               f"Python {m['python']}; {m['date_utc']}; load average at start "
               f"{m['load_average_at_start']}, at end {m.get('load_average_at_end')}. "
-              f"Total {result['seconds'] / 60:.1f} min."), "",
+              f"Total {result['seconds'] / 60:.1f} min."), "", _provenance_line(result), "",
              "## Utility, traffic and time at matched privacy", "",
              format_cells(result)]
     parts += ["## Round time by phase (semantic consensus, seconds per client per round)", "",
