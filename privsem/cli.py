@@ -69,9 +69,6 @@ def _simulate(args: argparse.Namespace) -> int:
     from privsem.config import load_config, parse_override
     from privsem.runtime.flower.simulation import from_run_config, simulate
 
-    if args.resume and args.out:
-        print("--out and --resume both name the benchmark folder; give one", file=sys.stderr)
-        return 2
     if args.resume:
         out = Path(args.resume)
         if args.config or args.preset or args.set or args.out or args.clients:

@@ -367,10 +367,10 @@ def _aside(path: Path) -> Path:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomically and durably (fsync), as the protocol's state files are written."""
+    from privsem.protocol.state import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _kept(path: Path, inputs: dict[str, Any], progress: Callable[[str], None]
