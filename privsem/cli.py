@@ -241,7 +241,7 @@ def _bench(args: argparse.Namespace) -> int:
                   "--out, or continue it with --resume", file=sys.stderr)
             return 2
     else:  # runs/bench, or the first runs/bench-k that does not exist
-        base = "bench-quick" if args.quick else "bench"
+        base = "bench-quick" if args.quick else "bench-probe" if args.probe else "bench"
         out, k = Path("runs") / base, 1
         while out.exists():
             k += 1
@@ -254,10 +254,19 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{name} {bad[0]!r} is not known; use one of {', '.join(known)}",
                   file=sys.stderr)
             return 2
-    result = run_bench(out, quick=args.quick, tasks=args.task or TASKS,
-                       federations=args.federation or FEDERATIONS,
-                       privacy=args.privacy or PRIVACY, micro=not args.no_micro,
-                       resume=bool(args.resume),
+    if args.quick and args.probe:
+        print("--quick and --probe: choose one size", file=sys.stderr)
+        return 2
+    from privsem.bench.suite import VARIANTS
+
+    ablations = [v for v in VARIANTS if v not in ("semantic", "semantic+client")] if (
+        args.ablations) else []
+    result = run_bench(out, size_name="quick" if args.quick else "probe" if args.probe
+                       else "full", tasks=args.task or TASKS,
+                       federations=args.federation or None,
+                       privacy=args.privacy or None, micro=not args.no_micro,
+                       resume=bool(args.resume), ablations=ablations,
+                       only=args.method or (),
                        progress=lambda s: print(s, file=sys.stderr, flush=True))
     print((out / "bench.md").read_text(encoding="utf-8"))
     print(f"benchmark folder: {out} ({result['seconds'] / 60:.1f} min)")
@@ -417,6 +426,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="homogeneous or heterogeneous (default both)")
     b.add_argument("--privacy", action="append", help="dp or none (default both)")
     b.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
+    b.add_argument("--probe", action="store_true",
+                   help="the real models on a slice (instructions and knowledge, one "
+                   "architecture, no DP, 2 rounds): for iterating, about 15 min per semantic "
+                   "variant pair")
+    b.add_argument("--ablations", action="store_true",
+                   help="also run every semantic variant (encoder, operator, candidates, "
+                   "schedule, confidence, label acceptance) in each cell")
+    b.add_argument("--method", action="append",
+                   help="run only this method or variant (repeatable), e.g. local, semantic, "
+                   "semantic-mean")
     b.set_defaults(fn=_bench)
     _add_audit_parsers(sub)
     args = ap.parse_args(argv)

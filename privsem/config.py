@@ -32,6 +32,8 @@ AGGREGATION_BACKENDS = ("masked", "ckks", "plaintext")
 NOISE_PLACEMENTS = ("local", "distributed")
 CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
 SELECTION_MODES = ("local", "shared")
+TRAINING_SCHEDULES = ("mixed", "sequential")
+NOMINATIONS = ("likeliest", "nearest")
 CANARY_FORMATS = ("digits", "words")
 # Secret length limits: at least 10^4 possible secrets (fewer could be guessed by chance), at
 # most 2^53 (the exact sampler's range); words are drawn from a fixed 100-word vocabulary
@@ -98,11 +100,32 @@ class ClientConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """Local fine-tuning: DP-SGD on private data, then plain fine-tuning on pseudo-labels."""
+    """Local fine-tuning: private data (DP-SGD when record-level DP is on) and pseudo-labels.
+
+    ``schedule``:
+    - ``mixed`` (default): private data and the latest pseudo-labels are trained on *together*.
+      ``rounds = R`` buys R consensus exchanges and R + 1 training phases: phase 1 (private data
+      only, before round 1's candidates), then after each round r one phase that mixes private
+      data with round r's labels, so every round's labels are trained on, the last round's
+      included. The private-data budget is that of R rounds of ``epochs_per_round`` epochs (the
+      same DP-SGD steps, and so the same σ at the same target, as local-only training):
+      ``first_phase_share`` of it in phase 1, so that the first candidates come from a model
+      that has learnt from its data, and the rest spread evenly over the other R phases (null:
+      all R + 1 phases even). Each private step is paired with ``pseudo_label_ratio``
+      pseudo-labelled examples per private example: in one batch and one loss without DP; as a
+      separate, non-private step after each DP-SGD step with DP (the labels are
+      post-processing of DP releases and cost nothing).
+    - ``sequential`` (the earlier schedule, kept for the ablation): per round, private training
+      first, then ``pseudo_label_epochs`` epochs on the *previous* round's labels; the last
+      round's labels are never trained on.
+    """
 
     batch_size: int = 8
     epochs_per_round: float = 1.0
     learning_rate: float = 2e-3
+    schedule: str = "mixed"
+    first_phase_share: float | None = 0.5
+    pseudo_label_ratio: float = 1.0
     pseudo_label_epochs: int = 1
     pseudo_label_learning_rate: float = 1e-3
     pseudo_label_batch_size: int = 8
@@ -111,11 +134,24 @@ class TrainingConfig:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "use an integer >= 1")
         _positive("epochs_per_round", self.epochs_per_round)
         _positive("learning_rate", self.learning_rate)
+        _check(self.schedule in TRAINING_SCHEDULES, "schedule", self.schedule,
+               f"use one of {', '.join(TRAINING_SCHEDULES)}")
+        if self.first_phase_share is not None:
+            _check(math.isfinite(self.first_phase_share) and 0 < self.first_phase_share < 1,
+                   "first_phase_share", self.first_phase_share,
+                   "use a fraction in (0, 1), or null to spread the budget evenly")
+        _check(math.isfinite(self.pseudo_label_ratio) and self.pseudo_label_ratio >= 0,
+               "pseudo_label_ratio", self.pseudo_label_ratio,
+               "use a finite number >= 0 (0 trains on private data only)")
         _check(self.pseudo_label_epochs >= 0, "pseudo_label_epochs", self.pseudo_label_epochs,
                "use an integer >= 0 (0 turns pseudo-label fine-tuning off)")
         _positive("pseudo_label_learning_rate", self.pseudo_label_learning_rate)
         _check(self.pseudo_label_batch_size >= 1, "pseudo_label_batch_size",
                self.pseudo_label_batch_size, "use an integer >= 1")
+
+    def phases(self, rounds: int) -> int:
+        """Training phases of a run of ``rounds`` rounds (see ``schedule``)."""
+        return rounds + 1 if self.schedule == "mixed" else rounds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,8 +349,39 @@ class ConsensusConfig:
     agreement_threshold: float = 0.0
     trim_fraction: float = 0.2
     server_trusted_with_texts: bool = False
+    # Expertise (privsem.confidence): each client weighs its answer to prompt j by a confidence
+    # w_j ∈ [0, 1] from its own model, raised to ``confidence_power``; the upload carries the
+    # rows w·e and the column w, and the server forms Σ w·e / Σ w. ``none``: the plain mean.
+    confidence: str = "gain"
+    confidence_power: float = 4.0
+    # Prompts whose mean confidence over the contributors (noisy under client-level DP) is
+    # below ``min_weight`` get no pseudo-label: nobody knows the answer. 0: no such gate.
+    min_weight: float = 0.0
+    # Label acceptance: where a client's own confidence is at least ``accept_confidence`` and at
+    # least the federation's mean confidence on the prompt (it is among those who know), and its
+    # model finds the label more than ``accept_margin`` nats per token less likely than its own
+    # candidates, it refuses the label. ``accept_labels: false`` trains on every label.
+    accept_labels: bool = True
+    accept_confidence: float = 0.2
+    accept_margin: float = 0.5
+    # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
+    # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
+    nominate: str = "likeliest"
 
     def __post_init__(self) -> None:
+        from privsem.confidence import CONFIDENCES
+
+        _check(self.confidence in CONFIDENCES, "confidence", self.confidence,
+               f"use one of {', '.join(CONFIDENCES)}")
+        _positive("confidence_power", self.confidence_power)
+        _check(math.isfinite(self.min_weight) and 0 <= self.min_weight <= 1, "min_weight",
+               self.min_weight, "use a value in [0, 1] (0: every prompt gets a label)")
+        _check(math.isfinite(self.accept_confidence) and 0 <= self.accept_confidence <= 1,
+               "accept_confidence", self.accept_confidence, "use a value in [0, 1]")
+        _check(math.isfinite(self.accept_margin) and self.accept_margin >= 0, "accept_margin",
+               self.accept_margin, "use a finite number of nats per token >= 0")
+        _check(self.nominate in NOMINATIONS, "nominate", self.nominate,
+               f"use one of {', '.join(NOMINATIONS)}")
         _check(self.operator in CONSENSUS_OPERATORS, "operator", self.operator,
                f"use one of {', '.join(CONSENSUS_OPERATORS)}")
         _check(self.selection in SELECTION_MODES, "selection", self.selection,
@@ -455,6 +522,9 @@ class RunConfig:
             _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,
                    "operators other than 'mean' need individual vectors: use the plaintext "
                    "back-end or operator 'mean'")
+            _check(c.operator == "medoid" or c.confidence == "none", "consensus.operator",
+                   c.operator, "of the plaintext operators only 'medoid' takes confidence "
+                   "weights: use operator 'mean' or 'medoid', or consensus.confidence: none")
         if c.selection == "shared":
             _check(self.privacy.record.enabled or c.server_trusted_with_texts,
                    "consensus.selection", c.selection,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from privsem.bench.suite import FEDERATIONS, PRIVACY, TASKS, methods_for
+from privsem.bench.tasks import TASK_CLIENTS
 from privsem.cli import main
 
 
@@ -29,10 +30,13 @@ def test_privsem_bench_quick_writes_every_cell_table_and_plot(tmp_path: Path,
         assert list(cell["methods"]) == methods_for(fed, priv)
         for name, run in cell["methods"].items():
             s = run["summary"]
-            assert set(run["scores"]) == {"alice", "bob", "carol"}
+            assert set(run["scores"]) == set(TASK_CLIENTS[task])
             for scope in ("own", "other"):
                 assert 0.0 <= s[f"{scope}_rouge_l"] <= 1.0
                 assert s[f"{scope}_perplexity"] > 1.0
+                # per-question scores give every mean its 95 % interval
+                lo, hi = s[f"{scope}_rouge_l_ci"]
+                assert lo <= s[f"{scope}_rouge_l"] + 1e-9 and s[f"{scope}_rouge_l"] <= hi + 1e-9
             if name == "zero_shot":
                 assert run["rounds"] == []
                 continue
@@ -67,6 +71,7 @@ def test_privsem_bench_quick_writes_every_cell_table_and_plot(tmp_path: Path,
     assert (out / "plots" / "traffic.png").exists()
     md = (out / "bench.md").read_text("utf-8")
     assert "### Task: knowledge" in md and "### Task: instructions" in md
+    assert "### Task: overlap" in md
     assert "| homogeneous | dp | fedavg |" in md
     assert "| heterogeneous | dp | fedavg |" not in md
     assert md in printed

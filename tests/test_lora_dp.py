@@ -155,15 +155,32 @@ def test_T19_plan_rate_is_B_over_the_N_trained_on():
     from privsem.config import load_config
     from privsem.privacy.plan import make_plan
 
-    cfg = load_config(preset="smoke")
-    plan = make_plan(cfg, {"alice": 61, "bob": 48, "carol": 5}, prompts=6)
-    for cid, n in {"alice": 61, "bob": 48, "carol": 5}.items():
+    sizes = {"alice": 61, "bob": 48, "carol": 5}
+    seq = load_config(preset="smoke", overrides=["training.schedule=sequential"])
+    plan = make_plan(seq, sizes, prompts=6)
+    for cid, n in sizes.items():
         p = plan.clients[cid]
         assert p.examples == n and p.sample_rate == pytest.approx(min(1.0, 8 / n))
-        assert p.steps_per_round == math.ceil(cfg.training.epochs_per_round * n / 8)
+        assert p.steps_per_round == math.ceil(seq.training.epochs_per_round * n / 8)
         ev = p.round_event()  # the ledger's event: Poisson sampling at exactly that rate
         assert ev.event.sampling_probability == pytest.approx(p.sample_rate)
         assert ev.count == p.steps_per_round
+    # mixed (the default): the same private budget over R + 1 phases, half of it in phase 1
+    cfg = load_config(preset="smoke")
+    mixed = make_plan(cfg, sizes, prompts=6)
+    R = cfg.rounds
+    for cid, n in sizes.items():
+        p = mixed.clients[cid]
+        budget = R * math.ceil(cfg.training.epochs_per_round * n / 8)
+        assert len(p.phase_steps) == R + 1
+        assert p.phase_steps[0] == max(1, round(budget * cfg.training.first_phase_share))
+        assert budget <= sum(p.phase_steps) <= budget + R  # each later phase rounded up
+        for phase in range(1, R + 2):
+            ev = p.round_event(phase)
+            assert ev.event.sampling_probability == pytest.approx(p.sample_rate)
+            assert ev.count == p.steps(phase)
+        with pytest.raises(ValueError, match="no training phase"):
+            p.steps(R + 2)
 
 
 def test_T19_client_refuses_data_its_plan_was_not_made_for(tmp_path):

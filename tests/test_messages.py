@@ -33,8 +33,11 @@ def test_round_trip():
     assert decode(encode(spec)) == spec
     cb = ConsensusBroadcast(session_id="x", round=1, contributors=("a",),
                             noise_std_of_consensus=0.1, consensus=np.zeros((2, 3), np.float32),
-                            agreement=np.ones(2, np.float32))
-    assert np.array_equal(decode(encode(cb)).agreement, cb.agreement)
+                            agreement=np.ones(2, np.float32),
+                            weight=np.full(2, 0.5, np.float32))
+    back_cb = decode(encode(cb))
+    assert np.array_equal(back_cb.agreement, cb.agreement)
+    assert np.array_equal(back_cb.weight, cb.weight)
 
 
 def test_wrong_expected_type():

@@ -33,10 +33,13 @@ def test_smoke_run_writes_the_four_files(tmp_path):
         assert r["epsilon_record"] == pytest.approx(8.0, abs=1e-3)
         assert r["epsilon_client"] == pytest.approx(8.0, abs=1e-3)
     ledger = _rows(out / "ledger.jsonl")
-    # clients × rounds × (dp_sgd, embedding, zero-cost note of the noise present: T26)
-    assert len(ledger) == 3 * 2 * 3
+    # clients × rounds × (dp_sgd, embedding, zero-cost note of the noise present: T26), and
+    # per client the mixed schedule's final phase on the last round's labels
+    assert len(ledger) == 3 * 2 * 3 + 3
     assert sorted({e["mechanism"] for e in ledger}) == [
-        "dp_sgd", "embedding_discrete_gaussian", "noise_present"]
+        "dp_sgd", "dp_sgd_final", "embedding_discrete_gaussian", "noise_present"]
+    upload = next(e for e in ledger if e["mechanism"] == "embedding_discrete_gaussian")
+    assert upload["detail"]["shape"] == [6, 385]  # the rows w·e and the confidence column
     report = (out / "report.md").read_text()
     assert "| 2 | alice | tiny-llama |" in report and "ε client" in report
     assert "learns **only the noisy sum over the survivors**" in report
@@ -149,9 +152,11 @@ def test_shared_selection_round(tmp_path):
 
 @pytest.mark.parametrize("operator", ["medoid", "geometric_median", "trimmed_mean"])
 def test_plaintext_robust_operators_run(tmp_path, operator):
+    # medoid takes the confidence weights; the coordinate-wise operators only the plain rows
+    weights = [] if operator == "medoid" else ["consensus.confidence=none"]
     cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false",
                                                  f"consensus.operator={operator}",
-                                                 "aggregation.backend=plaintext"])
+                                                 "aggregation.backend=plaintext", *weights])
     fed = setup(cfg, tmp_path, lambda s: None)
     run_round(fed, 1, lambda s: None)
     assert fed.server.consensus is not None

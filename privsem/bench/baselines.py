@@ -42,7 +42,7 @@ from privsem.config import ClientConfig, RunConfig
 from privsem.data import load_eval, load_examples
 from privsem.errors import ProtocolAbort
 from privsem.privacy.plan import make_plan
-from privsem.protocol.client import Client, _limit_per_scope
+from privsem.protocol.client import Client, _limit_per_scope, question_means
 from privsem.protocol.state import ClientStore
 from privsem.rng import derive_seed, make_randomness
 from privsem.runtime.inprocess import Federation, run_round, setup
@@ -64,20 +64,27 @@ class MethodRun:
     traffic and time."""
 
     method: str
-    scores: dict[str, dict[str, float]]  # client -> own_/other_ scores
+    scores: dict[str, dict[str, float]]  # client -> own_/other_ scores (means)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per round: wall_s, cpu_s, ...
     epsilon: dict[str, dict[str, float | None]] = field(default_factory=dict)  # client -> unit
     note: str = ""
+    questions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # client -> rows
 
 
 def _quiet(_: str) -> None:
     pass
 
 
-def _evaluate(cfg: RunConfig, client: Client, cid: str, rnd: int) -> dict[str, float]:
+def _evaluate(cfg: RunConfig, client: Client, cid: str, rnd: int) -> list[dict[str, Any]]:
+    """Per-question rows (privsem.protocol.client.Client.evaluate_questions)."""
     ev = cfg.evaluation
-    return client.evaluate(max_new_tokens=ev.max_new_tokens,
-                           seed=derive_seed(cfg.seed, "eval", cid, rnd))
+    return client.evaluate_questions(max_new_tokens=ev.max_new_tokens,
+                                     seed=derive_seed(cfg.seed, "eval", cid, rnd))
+
+
+def _scored(method: str, rows: dict[str, list[dict[str, Any]]], **kw: Any) -> MethodRun:
+    return MethodRun(method, {c: question_means(r) for c, r in rows.items()}, questions=rows,
+                     **kw)
 
 
 def _epsilons(fed: Federation, cid: str) -> dict[str, float | None]:
@@ -106,7 +113,7 @@ def run_zero_shot(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> Met
     for cid, client in fed.clients.items():
         progress(f"zero-shot: evaluating {cid}")
         scores[cid] = _evaluate(cfg, client, cid, 0)
-    return MethodRun("zero_shot", scores, epsilon={c: _epsilons(fed, c) for c in fed.clients})
+    return _scored("zero_shot", scores, epsilon={c: _epsilons(fed, c) for c in fed.clients})
 
 
 def run_local(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> MethodRun:
@@ -141,7 +148,8 @@ def _run_local_rounds(method: str, cfg: RunConfig, out: Path, progress: Progress
     for cid, client in fed.clients.items():
         progress(f"{method}: evaluating {cid}")
         scores[cid] = _evaluate(cfg, client, cid, cfg.rounds)
-    return MethodRun(method, scores, rounds, {c: _epsilons(fed, c) for c in fed.clients})
+    return _scored(method, scores, rounds=rounds,
+                   epsilon={c: _epsilons(fed, c) for c in fed.clients})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +248,8 @@ def run_centralised(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> M
         progress(f"centralised: evaluating {c.id} with {m.id}")
         scores[c.id] = _evaluate(cfg, m, c.id, cfg.rounds)
     eps = {c.id: _epsilons(fed, ids[c.model.name]) for c in cfg.clients}
-    return MethodRun("centralised", scores, rounds, eps,
-                     note=f"{len(by_model)} pooled model(s) on {len(pooled)} examples")
+    return _scored("centralised", scores, rounds=rounds, epsilon=eps,
+                   note=f"{len(by_model)} pooled model(s) on {len(pooled)} examples")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +272,9 @@ def run_semantic(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> Meth
             "contributors": len(result.contributors) if result else 0,
             "aborted": fed.server.abort_reason,
             "labels": {cid: c.log.labels for cid, c in fed.clients.items()},
+            "labels_refused": {cid: c.log.labels_refused for cid, c in fed.clients.items()},
+            "confidence": {cid: c.log.confidence for cid, c in fed.clients.items()},
+            "selection": _selection_diagnostics(fed),
             "mean_agreement": float(np.mean(fed.server.consensus.agreement))
             if fed.server.consensus is not None else None,
         })
@@ -271,7 +282,26 @@ def run_semantic(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> Meth
     for cid, client in fed.clients.items():
         progress(f"semantic: evaluating {cid}")
         scores[cid] = _evaluate(cfg, client, cid, cfg.rounds)
-    return MethodRun("semantic", scores, rounds, {c: _epsilons(fed, c) for c in fed.clients})
+    return _scored("semantic", scores, rounds=rounds,
+                   epsilon={c: _epsilons(fed, c) for c in fed.clients})
+
+
+def _selection_diagnostics(fed: Federation) -> dict[str, Any]:
+    """Per prompt, whose candidate the round's pseudo-label is (the bench knows every client's
+    candidates; the protocol does not): the client ids whose candidates contain the label
+    text, or [] where no label was given. With the weighted consensus, the mean confidence."""
+    out: dict[str, Any] = {"prompts": [p.id for p in fed.server.prompts], "label_from": []}
+    labels = {cid: {ex.messages[0][1]: ex.response for ex in c.pseudo_labels}
+              for cid, c in fed.clients.items()}
+    for j, p in enumerate(fed.server.prompts):
+        texts = {lab.get(p.text) for lab in labels.values()} - {None}
+        owners = sorted(cid for cid, c in fed.clients.items()
+                        if c._cand_texts and any(t in c._cand_texts[j] for t in texts))
+        out["label_from"].append(owners)
+    cons = fed.server.consensus
+    out["consensus_weight"] = [float(w) for w in cons.weight] if cons is not None and (
+        cons.weight is not None) else None
+    return out
 
 
 RUNNERS: dict[str, Callable[[RunConfig, Path, Progress], MethodRun]] = {

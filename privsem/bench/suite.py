@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from privsem.bench.baselines import METHODS, MethodRun, perplexity, run_method
-from privsem.bench.tasks import TASKS, TaskFiles, write_task
+from privsem.bench.tasks import TASK_CLIENTS, TASKS, TaskFiles, write_task
 from privsem.config import RunConfig, build, to_dict
 
 FEDERATIONS = ("homogeneous", "heterogeneous")
@@ -48,7 +48,9 @@ EPSILON, DELTA = 8.0, 1e-5
 
 @dataclass(frozen=True)
 class Size:
-    """How big the benchmark runs: ``quick`` (CI, tiny random models) or the full run."""
+    """How big the benchmark runs: ``quick`` (CI, tiny random models), ``probe`` (the real
+    models on a slice, for iterating: at most 15 minutes for the semantic runs on 2 cores) or
+    the full run."""
 
     quick: bool
     models: tuple[str, str]  # architecture A (all homogeneous clients), architecture B
@@ -58,24 +60,42 @@ class Size:
     gen_tokens: dict[str, int]  # per task: answers to the public prompts
     eval_tokens: dict[str, int]  # per task: answers to the evaluation questions
     max_length: int
+    name: str = "full"
+    data: dict[str, dict[str, int]] | None = None  # per task: the task writer's sizes
+    federations: tuple[str, ...] = FEDERATIONS
+    privacy: tuple[str, ...] = PRIVACY
 
 
 QUICK = Size(True, ("tiny-llama", "tiny-gemma3"), rounds=2, epochs_per_round=1.0, candidates=2,
              gen_tokens={"knowledge": 8, "instructions": 8},
-             eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96)
+             eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96, name="quick")
 # Answers to the knowledge task are one sentence (about 12 tokens), to the instructions task two
 # or three (about 45); generation is the costliest phase on a CPU, so it gets what it needs.
 FULL = Size(False, ("smollm2-135m-instruct", "gemma3-270m"), rounds=3, epochs_per_round=2.0,
             candidates=2, gen_tokens={"knowledge": 24, "instructions": 56},
             eval_tokens={"knowledge": 24, "instructions": 56}, max_length=128)
+# The probe: the full size's models, data and private-data budget (6 epochs), in 2 rounds
+# instead of 3, with fewer public prompts (instructions) and evaluation questions, one
+# architecture, no DP. It moves with the full grid's no-DP cells; it does not replace them.
+PROBE = Size(False, FULL.models, rounds=2, epochs_per_round=3.0, candidates=2,
+             gen_tokens=FULL.gen_tokens, eval_tokens=FULL.eval_tokens, max_length=128,
+             name="probe",
+             data={"knowledge": {"entities_per_topic": 4, "eval_per_scope": 8},
+                   "instructions": {"train_per_client": 16, "eval_per_scope": 4,
+                                    "public_per_topic": 4}},
+             federations=("homogeneous",), privacy=("none",))
+SIZES = {"quick": QUICK, "probe": PROBE, "full": FULL}
 
 
-def federation_models(federation: str, size: Size) -> dict[str, str]:
+def federation_models(federation: str, size: Size,
+                      clients: Sequence[str] = CLIENT_IDS) -> dict[str, str]:
+    """Each client's model: one architecture, or (heterogeneous) the second one for every
+    client at an odd position (bob; bob and dave)."""
     a, b = size.models
     if federation == "homogeneous":
-        return {c: a for c in CLIENT_IDS}
+        return {c: a for c in clients}
     if federation == "heterogeneous":
-        return {"alice": a, "bob": b, "carol": a}
+        return {c: b if k % 2 else a for k, c in enumerate(clients)}
     raise ValueError(f"federation {federation!r} is not known; use one of "
                      f"{', '.join(FEDERATIONS)}")
 
@@ -91,13 +111,46 @@ def methods_for(federation: str, privacy: str) -> list[str]:
     return out
 
 
+# Variants of semantic consensus: the default (``semantic``), with client-level noise, and the
+# ablations (each a change of the default's configuration).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "semantic": {},
+    "semantic+client": {"privacy": {"client": {"enabled": True}}},
+    # the earlier protocol: plain mean, labels trained on after private training, every label
+    "semantic-sequential": {"training": {"schedule": "sequential"},
+                            "consensus": {"confidence": "none", "accept_labels": False,
+                                          "nominate": "nearest"}},
+    "semantic-nearest": {"consensus": {"nominate": "nearest"}},
+    "semantic-mean": {"consensus": {"confidence": "none"}},
+    "semantic-likelihood": {"consensus": {"confidence": "likelihood"}},
+    "semantic-self_agreement": {"consensus": {"confidence": "self_agreement"}},
+    "semantic-power1": {"consensus": {"confidence_power": 1.0}},
+    "semantic-accept_all": {"consensus": {"accept_labels": False}},
+    "semantic-medoid": {"consensus": {"operator": "medoid"},
+                        "aggregation": {"backend": "plaintext"}},
+    "semantic-k4": {"generation": {"candidates": 4}},
+    "semantic-local_selection": {"consensus": {"selection": "local"}},
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def cell_config(files: TaskFiles, federation: str, privacy: str, variant: str, size: Size,
                 seed: int = 0) -> RunConfig:
-    """The run configuration of one method in one cell; every method of a cell shares all of
-    it but the client-level noise (on only for ``semantic+client``)."""
+    """The run configuration of one method in one cell. Every method of a cell shares the
+    clients, data, models, rounds and private-data budget; the baselines train R phases of
+    private data only (schedule ``sequential``, with no labels), semantic variants add their
+    changes (:data:`VARIANTS`) to privsem's default protocol."""
+    if variant.startswith("semantic") and variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not known; use one of {', '.join(VARIANTS)}")
     if privacy not in PRIVACY:
         raise ValueError(f"privacy {privacy!r} is not known; use one of {', '.join(PRIVACY)}")
-    models = federation_models(federation, size)
+    models = federation_models(federation, size, list(files.train))
     dp = privacy == "dp"
     data: dict[str, Any] = {
         "name": f"bench-{files.task}-{federation}-{privacy}-{variant}",
@@ -106,11 +159,11 @@ def cell_config(files: TaskFiles, federation: str, privacy: str, variant: str, s
                      "train": str(files.train[c]), "eval": str(files.eval[c])}
                     for c, m in models.items()],
         "training": {"batch_size": 8, "epochs_per_round": size.epochs_per_round,
-                     "learning_rate": 2e-3},
+                     "learning_rate": 2e-3,
+                     "schedule": "mixed" if variant.startswith("semantic") else "sequential"},
         "privacy": {"randomness": "seeded",
                     "record": {"enabled": dp, "epsilon": EPSILON, "delta": DELTA},
-                    "client": {"enabled": variant == "semantic+client", "epsilon": EPSILON,
-                               "delta": DELTA}},
+                    "client": {"enabled": False, "epsilon": EPSILON, "delta": DELTA}},
         "generation": {"candidates": size.candidates,
                        "max_new_tokens": size.gen_tokens[files.task],
                        "temperature": 0.8, "top_p": 0.95, "batch_size": 24},
@@ -118,7 +171,7 @@ def cell_config(files: TaskFiles, federation: str, privacy: str, variant: str, s
         "consensus": {"selection": "shared", "server_trusted_with_texts": not dp},
         "aggregation": {"backend": "masked"},
     }
-    return build(RunConfig, data)
+    return build(RunConfig, _merge(data, VARIANTS.get(variant, {})))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,16 +183,46 @@ def _mean(xs: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-PRIMARY = {"knowledge": "key_recall", "instructions": "rouge_l"}
+PRIMARY = {"knowledge": "key_recall", "instructions": "rouge_l", "overlap": "key_recall"}
+# Version of a stored result's content: 2 adds per-question scores (and so intervals); a stored
+# result of another format is run again, never silently kept without them.
+RESULTS_FORMAT = 2
+BOOTSTRAP = 2000
+
+
+def interval(rows_by_client: dict[str, list[dict[str, Any]]], scope: str, metric: str
+             ) -> tuple[float, float] | None:
+    """95 % percentile-bootstrap interval of the client mean of ``metric`` over the questions
+    of ``scope`` (the tables' statistic: each client's mean, averaged over clients), resampling
+    questions within each client (seeded: the same rows give the same interval). None where
+    there are no such questions."""
+    import numpy as np
+
+    groups = [np.asarray([r[metric] for r in rows if r["scope"] == scope
+                          and r.get(metric) is not None], dtype=np.float64)
+              for rows in rows_by_client.values()]
+    groups = [g for g in groups if g.size]
+    if not groups:
+        return None
+    rng = np.random.default_rng(0)
+    means = np.zeros(BOOTSTRAP)
+    for g in groups:
+        idx = rng.integers(0, g.size, size=(BOOTSTRAP, g.size))
+        means += g[idx].mean(axis=1)
+    means /= len(groups)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def summarise(task: str, run: dict[str, Any]) -> dict[str, Any]:
     """Client means of a method's scores, traffic and time per round."""
     scores = run["scores"]
+    questions = run.get("questions") or {}
     out: dict[str, Any] = {}
     for scope in ("own", "other"):
         for m in (PRIMARY[task], "similarity", "rouge_l", "nll"):
             out[f"{scope}_{m}"] = _mean([s.get(f"{scope}_{m}") for s in scores.values()])
+            out[f"{scope}_{m}_ci"] = interval(questions, scope, m) if questions else None
         out[f"{scope}_perplexity"] = perplexity(out[f"{scope}_nll"])
     rounds = run["rounds"]
     up = [t["up"] for r in rounds for t in r["traffic"].values()]
@@ -164,6 +247,12 @@ def _fmt(v: Any, digits: int = 2) -> str:
             return "∞"
         return f"{v:,.{digits}f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _with_ci(summary: dict[str, Any], key: str) -> str:
+    """A mean with its 95 % interval, where the result has per-question scores."""
+    ci = summary.get(f"{key}_ci")
+    return _fmt(summary[key]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _bytes(v: float | None) -> str:
@@ -193,7 +282,7 @@ def format_cells(result: dict[str, Any]) -> str:
                 p = PRIMARY[task]
                 lines.append(
                     f"| {cell['federation']} | {cell['privacy']} | {name} | "
-                    f"{_fmt(s[f'own_{p}'])} | {_fmt(s[f'other_{p}'])} | "
+                    f"{_with_ci(s, f'own_{p}')} | {_with_ci(s, f'other_{p}')} | "
                     f"{_fmt(s['own_similarity'], 3)} | {_fmt(s['other_similarity'], 3)} | "
                     f"{_fmt(s['own_perplexity'], 1)} | {_fmt(s['other_perplexity'], 1)} | "
                     f"{_bytes(s['bytes_up_per_client_round'])} | "
@@ -331,7 +420,8 @@ def method_inputs(cfg: RunConfig, method: str) -> dict[str, Any]:
         if spec.eval is not None:
             c["eval"] = _sha256_file(spec.eval)
     canonical = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return {"method": method, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+    return {"method": method, "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+            "format": RESULTS_FORMAT}
 
 
 def _commit() -> str | None:
@@ -404,32 +494,43 @@ def _run_one(variant: str, cfg: RunConfig, folder: Path, commit: str | None,
     t0 = time.perf_counter()
     r: MethodRun = run_method(method, cfg, folder, lambda s: None)
     seconds = time.perf_counter() - t0
-    return {"method": method, "note": r.note, "scores": r.scores, "rounds": r.rounds,
+    return {"method": method, "note": r.note, "scores": r.scores, "questions": r.questions,
+            "rounds": r.rounds,
             "epsilon": r.epsilon, "seconds": seconds, "folder": str(folder),
             "ran": {**ran, "finished_utc": _now(), "load_average_at_end": _load()}}
 
 
 def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
               federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
-              resume: bool = False, progress: Callable[[str], None] = print
+              resume: bool = False, progress: Callable[[str], None] = print,
+              ablations: Sequence[str] = (), only: Sequence[str] = ()
               ) -> list[dict[str, Any]]:
-    """Every method of every cell. Each result is stored in ``out/results/`` as it finishes;
-    with ``resume`` a stored result whose inputs match is kept instead of run again (its entry
-    says ``"kept": true``)."""
+    """Every method of every cell, then the ``ablations`` (semantic variants of
+    :data:`VARIANTS`); ``only``: just these methods. Each result is stored in ``out/results/``
+    as it finishes; with ``resume`` a stored result whose inputs match is kept instead of run
+    again (its entry says ``"kept": true``)."""
+    for v in [*ablations, *only]:
+        if v not in VARIANTS and v not in METHODS:
+            raise ValueError(f"method {v!r} is not known; use one of "
+                             f"{', '.join([*METHODS, *VARIANTS])}")
     cells = []
     commit = _commit()
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not known; use one of {', '.join(TASKS)}")
-        files = write_task(task, out / "data" / task, CLIENT_IDS, quick=size.quick)
+        files = write_task(task, out / "data" / task, TASK_CLIENTS[task], quick=size.quick,
+                           sizes=(size.data or {}).get(task))
         for fed in federations:
             zero: dict[str, Any] | None = None
             for priv in privacy:
                 cell: dict[str, Any] = {
                     "task": task, "federation": fed, "privacy": priv,
-                    "models": federation_models(fed, size), "description": files.description,
+                    "models": federation_models(fed, size, TASK_CLIENTS[task]),
+                    "description": files.description,
                     "methods": {}}
-                for variant in methods_for(fed, priv):
+                for variant in [*methods_for(fed, priv), *ablations]:
+                    if only and variant not in only:
+                        continue
                     if variant == "zero_shot" and zero is not None:
                         cell["methods"][variant] = zero
                         continue
@@ -460,19 +561,22 @@ def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
     return cells
 
 
-def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
-              federations: Sequence[str] = FEDERATIONS, privacy: Sequence[str] = PRIVACY,
-              micro: bool = True, resume: bool = False,
+def run_bench(out: Path, *, quick: bool = False, size_name: str | None = None,
+              tasks: Sequence[str] = TASKS, federations: Sequence[str] | None = None,
+              privacy: Sequence[str] | None = None, micro: bool = True, resume: bool = False,
+              ablations: Sequence[str] = (), only: Sequence[str] = (),
               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs the benchmark into ``out`` and returns the JSON it wrote. With ``resume``, results
     stored in ``out/results/`` by an earlier invocation are kept where their inputs match."""
     from privsem.bench import comm
 
-    size = QUICK if quick else FULL
+    size = SIZES[size_name or ("quick" if quick else "full")]
+    federations = tuple(federations or size.federations)
+    privacy = tuple(privacy or size.privacy)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "machine": machine(), "quick": quick,
+        "machine": machine(), "quick": size.quick, "size": size.name,
         "settings": {"tasks": list(tasks), "federations": list(federations),
                      "privacy": list(privacy), "epsilon": EPSILON, "delta": DELTA,
                      "size": {k: v for k, v in size.__dict__.items()},
@@ -499,7 +603,8 @@ def run_bench(out: Path, *, quick: bool, tasks: Sequence[str] = TASKS,
         result["micro_kept"] = kept is not None
     t0 = time.perf_counter()
     result["cells"] = run_cells(out, size, tasks=tasks, federations=federations,
-                                privacy=privacy, resume=resume, progress=progress)
+                                privacy=privacy, resume=resume, progress=progress,
+                                ablations=ablations, only=only)
     result["cells_seconds"] = time.perf_counter() - t0
     result["seconds"] = time.perf_counter() - started
     result["machine"]["load_average_at_end"] = _load()
@@ -544,7 +649,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     from privsem.bench import comm
 
     m = result["machine"]
-    parts = [f"# privsem bench{' --quick' if result['quick'] else ''}", "",
+    name = result.get("size", "quick" if result["quick"] else "full")
+    parts = [f"# privsem bench{'' if name == 'full' else ' --' + name}", "",
              (f"Machine: {m['cpu_model']}, {m['logical_cores']} cores, "
               f"{m.get('memory_gib')} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
               f"Python {m['python']}; {m['date_utc']}; load average at start "

@@ -15,7 +15,16 @@ its own topic (``own``) and of the other clients' topics (``other``), scored by 
 embedding similarity to the reference and by the reference's perplexity. The public prompts
 ask about further entities of every topic.
 
-Everything is deterministic (no randomness at all): the same sizes give the same files.
+``overlap``: the knowledge task's facts over at least 4 clients whose knowledge overlaps
+unevenly, the regime federated co-training was designed for: each client's interest in the three
+topics is drawn from a Dirichlet(α) distribution, and each fact of topic t is held by client c
+with probability min(1, h·p_c[t]) (at least one holder, never all). Some facts are held by most
+clients, some by one; a client knows much of one topic and little of another. Scopes and exact
+match as in ``knowledge``.
+
+Everything is deterministic: ``knowledge`` and ``instructions`` use no randomness at all, and
+``overlap`` draws its split from a generator seeded by its arguments; the same sizes give the
+same files.
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ from pathlib import Path
 
 from privsem.data.demo import TOPICS, Fact
 
-TASKS = ("knowledge", "instructions")
+TASKS = ("knowledge", "instructions", "overlap")
+# The clients of each task's federation (the bench's federations assign their models).
+TASK_CLIENTS: dict[str, tuple[str, ...]] = {
+    "knowledge": ("alice", "bob", "carol"), "instructions": ("alice", "bob", "carol"),
+    "overlap": ("alice", "bob", "carol", "dave")}
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,71 @@ def write_knowledge(folder: Path, clients: Sequence[str], *, entities_per_topic:
                      f"{len(facts)} fictional facts, each held by {holders} of {n} clients "
                      f"({len(held[clients[0]])} per client, 2 phrasings each for training); "
                      f"every fact is a public prompt; exact match on a third phrasing")
+
+
+def overlap_holders(clients: Sequence[str], topics: Sequence[str], facts_topic: Sequence[str], *,
+                    alpha: float, spread: float, seed: int) -> dict[str, list[int]]:
+    """Which facts each client holds: client c's topic mixture p_c ~ Dirichlet(α), fact i of
+    topic t held with probability min(1, spread·p_c[t]); a fact nobody drew goes to the client
+    most interested in its topic, and a fact everybody drew leaves the least interested one."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(clients)
+    mix = rng.dirichlet([alpha] * len(topics), size=n)  # (n, T)
+    col = {t: k for k, t in enumerate(topics)}
+    held: dict[str, list[int]] = {c: [] for c in clients}
+    for i, t in enumerate(facts_topic):
+        p = np.minimum(1.0, spread * mix[:, col[t]])  # (n,)
+        holds = rng.uniform(size=n) < p
+        if not holds.any():
+            holds[int(np.argmax(mix[:, col[t]]))] = True
+        if holds.all():
+            holds[int(np.argmin(mix[:, col[t]]))] = False
+        for k, c in enumerate(clients):
+            if holds[k]:
+                held[c].append(i)
+    return held
+
+
+def write_overlap(folder: Path, clients: Sequence[str], *, entities_per_topic: int = 4,
+                  alpha: float = 0.5, spread: float = 1.5, seed: int = 0,
+                  eval_per_scope: int | None = 8) -> TaskFiles:
+    """Writes the overlap task (see the module docstring) for at least 4 clients."""
+    _check_clients(clients, at_least=4)
+    if entities_per_topic < 1:
+        raise ValueError(f"entities_per_topic={entities_per_topic}: use an integer >= 1")
+    if not (alpha > 0 and spread > 0):
+        raise ValueError(f"alpha={alpha}, spread={spread}: use numbers > 0")
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = knowledge_facts(entities_per_topic)
+    topics = sorted({f.topic for f in facts})
+    held = overlap_holders(clients, topics, [f.topic for f in facts], alpha=alpha,
+                           spread=spread, seed=seed)
+    prompts: list[dict[str, object]] = [{"id": f"fact-{i}", "prompt": f.question[3]}
+                                        for i, f in enumerate(facts)]
+    train, evals = {}, {}
+    for c in clients:
+        mine = set(held[c])
+        rows: list[dict[str, object]] = []
+        for i in held[c]:
+            f = facts[i]
+            rows.append({"instruction": f.question[0], "output": f.answer})
+            rows.append({"messages": [{"role": "user", "content": f.question[1]},
+                                      {"role": "assistant", "content": f.answer}]})
+        train[c] = _write(folder / f"{c}.train.jsonl", rows)
+        own = [f for i, f in enumerate(facts) if i in mine][:eval_per_scope]
+        other = [f for i, f in enumerate(facts) if i not in mine][:eval_per_scope]
+        evals[c] = _write(folder / f"{c}.eval.jsonl", [
+            {"instruction": f.question[2], "output": f.answer, "scope": scope, "key": f.key,
+             "topic": f.topic} for scope, fs in (("own", own), ("other", other)) for f in fs])
+    counts = ", ".join(f"{c}: {len(held[c])}" for c in clients)
+    per_fact = [sum(i in held[c] for c in clients) for i in range(len(facts))]
+    return TaskFiles("overlap", _write(folder / "prompts.jsonl", prompts), train, evals,
+                     f"{len(facts)} fictional facts over {len(clients)} clients with uneven, "
+                     f"overlapping knowledge (Dirichlet α = {alpha}); facts held: {counts}; "
+                     f"holders per fact {min(per_fact)}–{max(per_fact)}; exact match on a "
+                     "third phrasing")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +293,16 @@ def write_instructions(folder: Path, clients: Sequence[str], *, train_per_client
                      "the client's own topic and of the others' topics")
 
 
-def write_task(task: str, folder: Path, clients: Sequence[str], *, quick: bool) -> TaskFiles:
-    """Writes ``task`` at the benchmark's size (``quick``: the CI size)."""
+def write_task(task: str, folder: Path, clients: Sequence[str], *, quick: bool,
+               sizes: dict[str, int] | None = None) -> TaskFiles:
+    """Writes ``task`` at the benchmark's size (``quick``: the CI size; ``sizes``: the task
+    writer's own arguments, for the probe)."""
+    if sizes is not None:
+        writers = {"knowledge": write_knowledge, "instructions": write_instructions,
+                   "overlap": write_overlap}
+        if task not in writers:
+            raise ValueError(f"task {task!r} is not known; use one of {', '.join(TASKS)}")
+        return writers[task](folder, clients, **sizes)  # type: ignore[operator]
     if task == "knowledge":
         return write_knowledge(folder, clients, entities_per_topic=2 if quick else 4,
                                eval_per_scope=4 if quick else 8)
@@ -224,4 +310,7 @@ def write_task(task: str, folder: Path, clients: Sequence[str], *, quick: bool) 
         return write_instructions(folder, clients, train_per_client=4 if quick else 16,
                                   eval_per_scope=4 if quick else 8,
                                   public_per_topic=2 if quick else 8)
+    if task == "overlap":
+        return write_overlap(folder, clients, entities_per_topic=2 if quick else 4,
+                             eval_per_scope=4 if quick else 8)
     raise ValueError(f"task {task!r} is not known; use one of {', '.join(TASKS)}")

@@ -94,8 +94,14 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_rate: float,
                  noise_multiplier: float, max_grad_norm: float, learning_rate: float,
-                 generator: torch.Generator, secure_mode: bool) -> TrainStats:
+                 generator: torch.Generator, secure_mode: bool,
+                 public: PublicMix | None = None) -> TrainStats:
     """Runs exactly ``steps`` DP-SGD steps on the LoRA parameters of ``model``.
+
+    With ``public`` (pseudo-labels: post-processing of DP releases, so training on them costs
+    no privacy), every DP-SGD step is followed by one ordinary step on a batch of the public
+    examples, through the same weights with Opacus' per-sample hooks off and an optimizer of
+    its own; the DP-SGD steps, their sampling and their noise are exactly those accounted.
 
     ``data`` is the dataset itself: batches are always drawn here by Poisson sampling at
     ``sample_rate`` (q = B/N of the privacy plan, N = ``len(data)``), the sampling the ledger's
@@ -137,6 +143,9 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
     ids_all, att_all, lab_all = data.tensors
     losses: list[float] = []
     seen = empty = 0
+    pub = _PublicStream(public, generator) if public is not None and public.active else None
+    pub_opt = (torch.optim.AdamW(params, lr=public.learning_rate, weight_decay=0.0)
+               if pub is not None and public is not None else None)
     try:
         for indices in sampler:
             idx = torch.as_tensor(indices, dtype=torch.long)
@@ -154,11 +163,104 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
                 losses.append(float(loss.detach()))
                 seen += int(idx.numel())
             opt.step()
+            if pub is not None and pub_opt is not None:
+                opt.zero_grad(set_to_none=True)
+                gsm.disable_hooks()
+                try:
+                    pub_opt.zero_grad(set_to_none=True)
+                    pids, patt, plab = pub.batch()
+                    per_sample_loss(gsm, pids, patt, plab).mean().backward()
+                    pub_opt.step()
+                    pub_opt.zero_grad(set_to_none=True)
+                finally:
+                    gsm.enable_hooks()
     finally:
         gsm.cleanup()  # removes Opacus' hooks and per-sample attributes from the parameters
         model.eval()
     return TrainStats(steps=steps, examples_seen=seen, empty_batches=empty,
                       mean_loss=sum(losses) / len(losses) if losses else math.nan)
+
+
+@dataclass(frozen=True)
+class PublicMix:
+    """Pseudo-labelled examples to mix into private training: ``per_step`` of them with every
+    private step, drawn in reshuffled passes over ``data``."""
+
+    data: TensorDataset | None
+    per_step: int
+    learning_rate: float
+
+    @property
+    def active(self) -> bool:
+        return self.data is not None and len(self.data) > 0 and self.per_step > 0
+
+
+class _PublicStream:
+    """Endless batches of a dataset, each pass in a fresh order from ``generator``."""
+
+    def __init__(self, mix: PublicMix, generator: torch.Generator) -> None:
+        if mix.data is None:
+            raise ValueError("public mix without data")
+        self.tensors, self.n, self.k = mix.data.tensors, len(mix.data), mix.per_step
+        # a stream of its own, seeded once from the caller's generator, so that drawing these
+        # batches never shifts the caller's later draws (DP-SGD's Poisson sampling)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+
+    def batch(self) -> tuple[torch.Tensor, ...]:
+        idx: list[torch.Tensor] = []
+        need = self.k
+        while need > 0:
+            if self.pos >= self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = self.order[self.pos:self.pos + need]
+            idx.append(take)
+            self.pos += len(take)
+            need -= len(take)
+        i = torch.cat(idx)
+        return tuple(t[i] for t in self.tensors)
+
+
+def train_mixed(model: PeftModel, private: TensorDataset, public: PublicMix, *, steps: int,
+                batch_size: int, learning_rate: float, generator: torch.Generator) -> TrainStats:
+    """Non-private co-training: ``steps`` steps, each on a batch of ``batch_size`` private
+    examples (reshuffled passes over ``private``) together with ``public.per_step``
+    pseudo-labelled examples, one loss (the mean per-sample loss over the joint batch), one
+    optimizer. For runs without record-level DP; with it, :func:`train_dp_sgd` interleaves."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"train_mixed: steps={steps!r} is not valid; use an integer >= 1")
+    if len(private) < 1:
+        raise ValueError("train_mixed: private data is empty; there is nothing to train on")
+    model.train()
+    opt = torch.optim.AdamW(_trainable(model), lr=learning_rate, weight_decay=0.0)
+    priv = _PublicStream(PublicMix(private, min(batch_size, len(private)), learning_rate),
+                         generator)
+    pub = _PublicStream(public, generator) if public.active else None
+    losses: list[float] = []
+    seen = 0
+    for _ in range(steps):
+        parts = [priv.batch()] + ([pub.batch()] if pub is not None else [])
+        width = max(p[0].shape[1] for p in parts)
+        ids, att, lab = (torch.cat([_pad_to(p[i], width, fill) for p in parts])
+                         for i, fill in ((0, 0), (1, 0), (2, -100)))
+        opt.zero_grad(set_to_none=True)
+        loss = per_sample_loss(model, ids, att, lab).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        seen += int(parts[0][0].shape[0])
+    model.eval()
+    return TrainStats(steps=steps, examples_seen=seen, empty_batches=0,
+                      mean_loss=sum(losses) / len(losses) if losses else math.nan)
+
+
+def _pad_to(t: torch.Tensor, width: int, fill: int) -> torch.Tensor:
+    """Right-pads a (B, L) tensor to (B, width) with ``fill``."""
+    if t.shape[1] == width:
+        return t
+    return F.pad(t, (0, width - t.shape[1]), value=fill)
 
 
 def train_plain(model: PeftModel, data: TensorDataset, *, epochs: int, batch_size: int,

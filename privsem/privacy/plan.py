@@ -1,8 +1,10 @@
 """The privacy plan of a run: noise calibrated once, before any data is touched.
 
-Record level (per client i with N_i examples): Poisson rate q_i = B/N_i, S_i = ⌈epochs·N_i/B⌉
-steps per round, σ_i calibrated so that R rounds of ``SelfComposed(PoissonSampled(q_i,
-Gaussian(σ_i)), S_i)`` meet the record-level target. Client level: z calibrated so that R
+Record level (per client i with N_i examples): Poisson rate q_i = B/N_i; the private-data budget
+of R rounds is R·⌈epochs·N_i/B⌉ DP-SGD steps, spread over the schedule's training phases (R for
+``sequential``, R + 1 for ``mixed``: S_i = ⌈R·⌈epochs·N_i/B⌉ / phases⌉ steps per phase); σ_i is
+calibrated so that the phases' ``SelfComposed(PoissonSampled(q_i, Gaussian(σ_i)), S_i)`` meet the
+record-level target. Client level: z calibrated so that R
 releases of the aggregation back-end's mechanism (Gaussian for ``plaintext``, discrete Gaussian
 in zCDP for ``masked``) meet the client-level target; the noise std on the jointly clipped
 matrix is z·C with C = clip (default sqrt(P), which never shrinks a matrix of P unit rows).
@@ -25,15 +27,26 @@ class ClientPlan:
     client: str
     examples: int
     sample_rate: float
-    steps_per_round: int
+    steps_per_round: int  # DP-SGD steps of an even phase (the baselines' rounds)
     noise_multiplier: float  # DP-SGD σ; 0 when record-level DP is off
     record_budget: float  # inf when record-level DP is off (no claim)
+    phase_steps: tuple[int, ...] = ()  # steps of training phase 1, 2, ... (the ledger charges
+    # per phase); empty: every phase has ``steps_per_round``
 
-    def round_event(self) -> ev.DpEvent:
+    def steps(self, phase: int = 1) -> int:
+        """DP-SGD steps of training phase ``phase`` (1-based)."""
+        if not self.phase_steps:
+            return self.steps_per_round
+        if not 1 <= phase <= len(self.phase_steps):
+            raise ValueError(f"plan of {self.client}: no training phase {phase} (the plan has "
+                             f"{len(self.phase_steps)})")
+        return self.phase_steps[phase - 1]
+
+    def round_event(self, phase: int = 1) -> ev.DpEvent:
         if self.noise_multiplier == 0:
             return ev.NonPrivateDpEvent()
         return dpsgd_event(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
-                           steps=self.steps_per_round)
+                           steps=self.steps(phase))
 
 
 @dataclass(frozen=True)
@@ -56,27 +69,45 @@ class PrivacyPlan:
                          placement=self.placement)
 
 
+def phase_split(total: int, phases: int, first_share: float | None) -> tuple[int, ...]:
+    """DP-SGD steps per training phase: ``total`` spread evenly (each phase rounded up), or
+    with ``first_share`` of them in phase 1 and the rest spread evenly over the others."""
+    if phases == 1:
+        return (max(1, total),)
+    if first_share is None:
+        return (max(1, math.ceil(total / phases)),) * phases
+    first = min(total, max(1, round(total * first_share)))
+    rest = max(1, math.ceil((total - first) / (phases - 1)))
+    return (first,) + (rest,) * (phases - 1)
+
+
 def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> PrivacyPlan:
     R = cfg.rounds
+    phases = cfg.training.phases(R)
     rp, cp, acc = cfg.privacy.record, cfg.privacy.client, cfg.privacy.accountant
     clients = {}
     sigmas: dict[tuple[float, int], float] = {}  # clients with the same q and steps share σ
     for cid, n in examples.items():
         q = min(1.0, cfg.training.batch_size / n)
-        steps = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
+        per_round = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
+        share = cfg.training.first_phase_share if cfg.training.schedule == "mixed" else None
+        split = phase_split(per_round * R, phases, share)
+        steps = split[0] if len(set(split)) == 1 else max(1, math.ceil(per_round * R / phases))
         if rp.enabled:
-            def event(s: float, q: float = q, total: int = steps * R) -> ev.DpEvent:
+            def event(s: float, q: float = q, total: int = sum(split)) -> ev.DpEvent:
                 return dpsgd_event(noise_multiplier=s, sample_rate=q, steps=total)
 
-            if (q, steps) not in sigmas:
-                sigmas[q, steps] = calibrate(event, target_epsilon=rp.epsilon, delta=rp.delta,
-                                             accountant=acc)
-            sigma = sigmas[q, steps]
+            if (q, sum(split)) not in sigmas:
+                sigmas[q, sum(split)] = calibrate(event, target_epsilon=rp.epsilon,
+                                                  delta=rp.delta, accountant=acc)
+            sigma = sigmas[q, sum(split)]
             budget = rp.budget_epsilon
         else:
             sigma, budget = 0.0, math.inf
-        clients[cid] = ClientPlan(cid, n, q, steps, sigma, budget)
-    clip = cp.clip if cp.clip is not None else math.sqrt(prompts)
+        clients[cid] = ClientPlan(cid, n, q, steps, sigma, budget, phase_steps=split)
+    # default clip: never shrinks an honest upload (P unit rows; weighted: rows of norm ≤ √2)
+    width = 1 if cfg.consensus.confidence == "none" else 2
+    clip = cp.clip if cp.clip is not None else math.sqrt(width * prompts)
     if cp.enabled:
         backend = get_backend(cfg.aggregation.backend)
         z = calibrate(lambda s: backend.planned_event(s, R), target_epsilon=cp.epsilon,

@@ -4,10 +4,12 @@ Each handler takes a frame (bytes) and returns the frame to send, if any. The cl
 own configuration for every privacy parameter: a round spec whose session id, prompt set or
 parameters disagree with what the client expects aborts the round on this client (T32).
 
-Per round (DESIGN.md §1): ledger check and charge → DP-SGD on private data → fine-tuning on last
-round's pseudo-labels → generate k candidates per public prompt → embed, validate, joint clip,
-noise → ledger charge → upload. Then, on the consensus: choose pseudo-labels (local) or nominate
-(shared).
+Per round (DESIGN.md §1): ledger check and charge → training (``mixed`` schedule: private data
+under DP-SGD together with the previous round's pseudo-labels; ``sequential``: DP-SGD, then the
+labels) → generate k candidates per public prompt → per-prompt confidence → embed, validate, joint
+clip, noise → ledger charge → upload. Then, on the consensus: choose pseudo-labels (local) or
+nominate (shared), keep the labels the client accepts, and after the last round's labels (mixed
+schedule) one more training phase, so that every round's labels are trained on.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from dp_accounting import dp_event as ev
 
 from privsem.aggregation.base import AggregationBackend, ClientAggregator, ClientContext
 from privsem.aggregation.masked.crypto import Identity
+from privsem.confidence import (
+    accepts,
+    gain_confidence,
+    likelihood_confidence,
+    self_agreement_confidence,
+    upload_dim,
+    validate_confidence,
+    weighted_rows,
+)
 from privsem.config import ClientConfig, RunConfig
 from privsem.consensus import select_nearest
 from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
@@ -39,11 +51,13 @@ from privsem.models.loading import load_model
 from privsem.models.prompting import resolve_format
 from privsem.models.scores import rouge_l
 from privsem.models.training import (
+    PublicMix,
     TrainStats,
     add_lora,
     encode_examples,
     mean_reference_loss,
     train_dp_sgd,
+    train_mixed,
     train_plain,
 )
 from privsem.privacy.embedding import joint_clip, validate_embeddings
@@ -72,9 +86,12 @@ class RoundLog:
     status: list[str] = field(default_factory=list)
     dp_train: TrainStats | None = None
     pseudo_train: TrainStats | None = None
+    final_train: TrainStats | None = None  # mixed schedule, last round: the phase on its labels
     clip_factor: float = math.nan
     aggregation: dict[str, Any] = field(default_factory=dict)
     labels: int = 0
+    labels_refused: int = 0  # pseudo-labels the client did not accept (it knew better)
+    confidence: list[float] | None = None  # per prompt, as released (before clip and noise)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -116,6 +133,12 @@ class Client:
         self._last_round = 0
         self._cand_texts: list[list[str]] = []
         self._cand_emb: np.ndarray | None = None  # (P, k, d)
+        self._cand_nll: np.ndarray | None = None  # (P, k) mean token NLL under the own model
+        self._confidence: np.ndarray | None = None  # (P,) in [0, 1]
+        self._federation_weight: np.ndarray | None = None  # (P,) the consensus' mean confidence
+        # the adapter after training phase 1 (private data only): what the client's own data
+        # taught it, the reference of the ``gain`` confidence once labels are mixed in
+        self._private_adapter: dict[str, torch.Tensor] | None = None
         self.log = RoundLog(0)
 
     # ------------------------------------------------------------------ round handlers
@@ -127,10 +150,15 @@ class Client:
         self.stage.advance(Stage.SPEC)
         self._last_round = spec.round
         self._spec, self.log, self._agg = spec, RoundLog(spec.round), None
+        self._confidence = self._federation_weight = None
         plan = self.plan.clients[self.id]
-        self._timed("train_private", lambda: self._train_private(spec.round, plan))
-        self._timed("train_pseudo", self._train_on_pseudo_labels)
+        mixed = self.cfg.training.schedule == "mixed"
+        self._timed("train_private", lambda: self._train_private(
+            spec.round, plan, labels=self.pseudo_labels if mixed else None))
+        if not mixed:
+            self._timed("train_pseudo", self._train_on_pseudo_labels)
         self._timed("generate", self._generate_candidates)
+        self._timed("confidence", self._compute_confidence)
         upload = self._timed("embed_release", lambda: self._release(spec))
         self.stage.advance(Stage.UPLOAD)
         return upload
@@ -153,18 +181,31 @@ class Client:
         msg = decode(frame, ConsensusBroadcast)
         spec = self._require_spec(msg.session_id, msg.round)
         self.stage.advance(Stage.CONSENSUS)
-        if msg.consensus.shape != (len(spec.prompt_ids), spec.dim) or msg.agreement.shape != (
-                len(spec.prompt_ids),):
-            raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape}")
+        P = len(spec.prompt_ids)
+        if msg.consensus.shape != (P, self.embedder.dim) or msg.agreement.shape != (P,) or (
+                msg.weight.shape != (P,)):
+            raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape} "
+                                f"(agreement {msg.agreement.shape}, weight {msg.weight.shape}); "
+                                f"expected ({P}, {self.embedder.dim})")
         self._record_noise_present(spec, msg)
         if self._cand_emb is None:
             raise ProtocolAbort(f"client {self.id}: consensus before candidates were generated")
+        c = self.cfg.consensus
         choice = select_nearest(self._cand_emb, msg.consensus.astype(np.float64), msg.agreement,
-                                threshold=self.cfg.consensus.agreement_threshold)
-        texts = [self._cand_texts[j][c] if c is not None else None for j, c in enumerate(choice)]
-        if self.cfg.consensus.selection == "local":
+                                threshold=c.agreement_threshold)
+        # prompts on which the federation's mean confidence is too low get no label
+        choice = [None if c.min_weight > 0 and msg.weight[j] < c.min_weight else ch
+                  for j, ch in enumerate(choice)]
+        if c.selection == "shared" and c.nominate == "likeliest":
+            likeliest = np.argmin(self.own_nll(), axis=1)  # (P,)
+            choice = [None if ch is None else int(likeliest[j]) for j, ch in enumerate(choice)]
+        texts = [self._cand_texts[j][ch] if ch is not None else None
+                 for j, ch in enumerate(choice)]
+        self._federation_weight = msg.weight.astype(np.float64)
+        if c.selection == "local":
             self._set_labels(texts)
             self.stage.advance(Stage.DONE)
+            self._after_labels(spec)
             return None
         # Shared mode: texts leave the client. They are post-processing of the DP-SGD model
         # (record level); the ledger records the release before it happens.
@@ -189,6 +230,16 @@ class Client:
         self.stage.advance(Stage.LABELS)
         self._set_labels(list(msg.texts))
         self.stage.advance(Stage.DONE)
+        self._after_labels(spec)
+
+    def _after_labels(self, spec: RoundSpec) -> None:
+        """Mixed schedule, after the last planned round's labels: the final training phase
+        (private data with these labels), so the last round's labels are trained on too."""
+        if self.cfg.training.schedule != "mixed" or spec.round != self.cfg.rounds:
+            return
+        plan = self.plan.clients[self.id]
+        self._timed("train_final", lambda: self._train_private(
+            spec.round, plan, labels=self.pseudo_labels, final=True))
 
     def abort_round(self) -> None:
         if self.stage.stage not in (Stage.DONE, Stage.ABORTED, Stage.IDLE):
@@ -225,9 +276,11 @@ class Client:
         if spec.params != want:
             raise ProtocolAbort(f"client {self.id}: round parameters {spec.params} differ from "
                                 f"the client's own {want}")
-        if spec.dim != self.embedder.dim:
-            raise ProtocolAbort(f"client {self.id}: dim {spec.dim} != encoder dim "
-                                f"{self.embedder.dim}")
+        width = upload_dim(self.embedder.dim, self.cfg.consensus.confidence)
+        if spec.dim != width:
+            raise ProtocolAbort(f"client {self.id}: the round's upload width {spec.dim} is not "
+                                f"the client's {width} (encoder dim {self.embedder.dim}, "
+                                f"confidence {self.cfg.consensus.confidence!r})")
         if spec.session_id != session_id(spec.round, spec.cohort, spec.prompt_set_hash,
                                           spec.params):
             raise ProtocolAbort(f"client {self.id}: session id does not bind the round's "
@@ -238,56 +291,87 @@ class Client:
             raise ProtocolAbort(f"client {self.id}: message for another session or round")
         return self._spec
 
-    def _train_private(self, rnd: int, plan: ClientPlan) -> None:
-        """Step 1–2: charge the ledger first, then DP-SGD. Refuses before any forward pass.
+    def _train_private(self, rnd: int, plan: ClientPlan, *, labels: list[Example] | None = None,
+                       final: bool = False) -> None:
+        """Step 1–2: charge the ledger first, then DP-SGD (or, without record-level DP, plain
+        training) on private data, with ``labels`` mixed in where given (mixed schedule).
+        Refuses before any forward pass. ``final``: the mixed schedule's phase after the last
+        round's labels, charged as mechanism ``dp_sgd_final`` of that round.
 
-        After a crash (T28): a checkpointed result of this round is loaded, not retrained; a
+        After a crash (T28): a checkpointed result of this phase is loaded, not retrained; a
         charge without a checkpoint covers the retraining, since nothing the interrupted
         training produced ever left the client."""
+        mechanism = "dp_sgd_final" if final else "dp_sgd"
+        phase = rnd + 1 if final else rnd
+        steps = plan.steps(phase) if self.cfg.training.schedule == "mixed" else (
+            plan.steps_per_round)
+        checkpoint = f"trained-{rnd}" + ("-final" if final else "")
         if len(self._private_t) != plan.examples:  # q = B/N must be the N trained on (T19)
             raise ProtocolAbort(f"client {self.id}: holds {len(self._private_t)} private "
                                 f"examples, but its privacy plan was made for {plan.examples}; "
                                 "make the plan from the data the client trains on")
-        if self.store and self.store.has_adapter(f"trained-{rnd}"):
-            self.store.load_adapter(self.model, f"trained-{rnd}")
-            self.log.status.append("resumed: DP-SGD result of this round loaded from its "
+        if self.store and self.store.has_adapter(checkpoint):
+            self.store.load_adapter(self.model, checkpoint)
+            self.log.status.append(f"resumed: {mechanism} result of this round loaded from its "
                                    "checkpoint (no new training, no new charge)")
             return
-        earlier = self._charged(rnd, "dp_sgd") if self.store else None
+        earlier = self._charged(rnd, mechanism) if self.store else None
         if earlier is not None:
             self.log.status.append(f"resumed: retraining under ledger entry {earlier.seq} (the "
                                    "interrupted training released nothing)")
         else:
             try:
                 entry = self.ledger.charge(
-                    client=self.id, round=rnd, unit="record", mechanism="dp_sgd",
-                    event=plan.round_event(), delta=self.cfg.privacy.record.delta,
+                    client=self.id, round=rnd, unit="record", mechanism=mechanism,
+                    event=plan.round_event(phase) if self.cfg.training.schedule == "mixed"
+                    else plan.round_event(), delta=self.cfg.privacy.record.delta,
                     budget=plan.record_budget,
                     detail={"noise_multiplier": plan.noise_multiplier,
-                            "sample_rate": plan.sample_rate, "steps": plan.steps_per_round,
-                            "max_grad_norm": self.cfg.privacy.record.max_grad_norm})
+                            "sample_rate": plan.sample_rate, "steps": steps, "phase": phase,
+                            "max_grad_norm": self.cfg.privacy.record.max_grad_norm,
+                            "schedule": self.cfg.training.schedule,
+                            "pseudo_labels_mixed_in": len(labels or [])})
             except BudgetExceeded as e:
                 self.log.status.append(f"refused private training: {e}")
                 return
             if self.store:
-                self.store.note(rnd, dp_sgd_entry=entry.seq)
+                self.store.note(rnd, **{f"{mechanism}_entry": entry.seq})
         t = self.cfg.training
+        mix = None
+        if labels is not None:
+            data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length
+                                   ) if labels else None
+            mix = PublicMix(data, round(t.pseudo_label_ratio * t.batch_size),
+                            t.learning_rate)
+        tag = ("final",) if final else ()
         if plan.noise_multiplier > 0:
-            self.log.dp_train = train_dp_sgd(
-                self.model, self._private_t, steps=plan.steps_per_round,
+            stats = train_dp_sgd(
+                self.model, self._private_t, steps=steps,
                 sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=self.cfg.privacy.record.max_grad_norm,
                 learning_rate=t.learning_rate,
-                generator=self.rng.torch_generator("dp_sgd", self.id, rnd),
-                secure_mode=self.rng.secure)
+                generator=self.rng.torch_generator("dp_sgd", self.id, rnd, *tag),
+                secure_mode=self.rng.secure, public=mix)
+        elif mix is not None:
+            stats = train_mixed(
+                self.model, self._private_t, mix, steps=steps,
+                batch_size=t.batch_size, learning_rate=t.learning_rate,
+                generator=self.rng.torch_generator("plain", self.id, rnd, *tag))
         else:
-            self.log.dp_train = train_plain(
+            stats = train_plain(
                 self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
                 batch_size=t.batch_size, learning_rate=t.learning_rate,
                 generator=self.rng.torch_generator("plain", self.id, rnd))
+        if final:
+            self.log.final_train = stats
+        else:
+            self.log.dp_train = stats
+        if phase == 1:
+            self._private_adapter = self._adapter_state()
         if self.store:  # before anything derived from the new weights leaves the client
-            self.store.save_adapter(self.model, f"trained-{rnd}")
-        self.log.status.append("trained on private data")
+            self.store.save_adapter(self.model, checkpoint)
+        self.log.status.append(f"trained on private data{' and ' + str(len(labels)) + ' pseudo-labels' if labels else ''}"
+                               + (" (final phase)" if final else ""))
 
     def _train_on_pseudo_labels(self) -> None:
         t = self.cfg.training
@@ -312,6 +396,84 @@ class Client:
         flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
         emb = self.embedder.encode(flat)  # (P·k, d)
         self._cand_emb = emb.reshape(len(self.prompts), g.candidates, -1).astype(np.float64)
+        self._cand_nll = None
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()
+                if p.requires_grad}
+
+    def _private_reference(self) -> dict[str, torch.Tensor] | None:
+        """The adapter after phase 1 (mixed schedule), from memory or its checkpoint."""
+        if self.cfg.training.schedule != "mixed":
+            return None
+        if self._private_adapter is None and self.store and self.store.has_adapter("trained-1"):
+            current = self._adapter_state()
+            self.store.load_adapter(self.model, "trained-1")
+            self._private_adapter = self._adapter_state()
+            self._load_state(current)
+        return self._private_adapter
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(state[n])
+
+    def _nll_private(self, texts: list[list[str]]) -> np.ndarray:
+        """:meth:`_nll` under the adapter of phase 1 (private data only), where the schedule
+        has one; under the current model otherwise."""
+        ref = self._private_reference()
+        if ref is None:
+            return self.own_nll() if texts is self._cand_texts else self._nll(texts)
+        current = self._adapter_state()
+        try:
+            self._load_state(ref)
+            return self._nll(texts)
+        finally:
+            self._load_state(current)
+
+    def _nll(self, texts: list[list[str]], *, base: bool = False,
+             prompts: list[int] | None = None) -> np.ndarray:
+        """(n, m) mean token NLL of the texts (m per prompt) as answers to the public prompts
+        (all, or those at the indices ``prompts``), under this client's model (``base``: with
+        its LoRA adapter switched off)."""
+        m = len(texts[0]) if texts else 0
+        which = [self.prompts[j] for j in prompts] if prompts is not None else self.prompts
+        exs = [Example(messages=(("user", p.text),), response=t)
+               for p, ts in zip(which, texts, strict=True) for t in ts]
+        data = encode_examples(self.tokenizer, self.fmt, exs, self.ccfg.model.max_length)
+        if base:
+            with self.model.disable_adapter():
+                nll = mean_reference_loss(self.model, data)
+        else:
+            nll = mean_reference_loss(self.model, data)
+        return np.asarray(nll, dtype=np.float64).reshape(len(which), m)
+
+    def own_nll(self) -> np.ndarray:
+        """(P, k) mean token NLL of the client's own candidates under its own model."""
+        if self._cand_nll is None:
+            self._cand_nll = self._nll(self._cand_texts)
+        return self._cand_nll
+
+    def _compute_confidence(self) -> None:
+        """Per-prompt confidence w ∈ [0, 1] from the client's own model and candidates
+        (privsem.confidence); validated before it can enter the release."""
+        c = self.cfg.consensus
+        P = len(self.prompts)
+        if c.confidence == "none":
+            w = np.ones(P)
+        elif c.confidence == "gain":
+            # what the client's private data taught it (phase 1's adapter, before any label
+            # was mixed in), against the public base model, on its current candidates
+            w = gain_confidence(self._nll_private(self._cand_texts),
+                                self._nll(self._cand_texts, base=True))
+        elif c.confidence == "likelihood":
+            w = likelihood_confidence(self._nll_private(self._cand_texts))
+        else:  # self_agreement
+            w = self_agreement_confidence(self._cand_texts)
+        w = np.power(w, c.confidence_power)
+        self._confidence = validate_confidence(w, prompts=P)
+        self.log.confidence = [round(float(x), 4) for x in self._confidence]
 
     def answer_matrix(self) -> np.ndarray:
         """(P, d): per prompt, the normalised mean of the client's candidate embeddings."""
@@ -324,7 +486,13 @@ class Client:
         """Steps 5–6: validate, clip, charge the ledger, then let the back-end noise and send."""
         try:
             matrix = validate_embeddings(self.answer_matrix(), prompts=len(spec.prompt_ids),
-                                         dim=spec.dim)
+                                         dim=self.embedder.dim)
+            if self.cfg.consensus.confidence != "none":
+                w = validate_confidence(self._confidence, prompts=len(spec.prompt_ids))
+                matrix = weighted_rows(matrix, w)  # (P, d + 1): rows w·e, column w
+            if matrix.shape[1] != spec.dim:
+                raise EmbeddingRejected(f"upload width {matrix.shape[1]} is not the round's "
+                                        f"{spec.dim}")
         except EmbeddingRejected as e:
             self.log.status.append(f"upload withheld: {e}")
             return None
@@ -420,7 +588,7 @@ class Client:
         # together with its head still lacks them (T29).
         entries = self.ledger.entries
         for r, j in self.store.journals().items():
-            for key in ("dp_sgd_entry", "release_entry"):
+            for key in ("dp_sgd_entry", "dp_sgd_final_entry", "release_entry"):
                 if key not in j:
                     continue
                 seq = int(j[key])
@@ -443,8 +611,29 @@ class Client:
         self._last_round = rnd
 
     def _set_labels(self, texts: list[str | None]) -> None:
-        self.pseudo_labels = [Example(messages=(("user", p.text),), response=t)
-                              for p, t in zip(self.prompts, texts) if t]
+        """Keeps the labels the client accepts (privsem.confidence.accepts): on a prompt where
+        it is confident, a label its own model finds much less likely than its own candidates
+        is refused, so an expert is never taught its own topic by clients that do not know it."""
+        c = self.cfg.consensus
+        keep = [bool(t) for t in texts]
+        if c.accept_labels and c.confidence != "none" and self._confidence is not None and any(
+                keep):
+            mean_w = (self._federation_weight if self._federation_weight is not None
+                      else np.zeros(len(texts)))
+            confident = [j for j, t in enumerate(texts)
+                         if t and self._confidence[j] >= max(c.accept_confidence, mean_w[j])]
+            if confident:
+                label_nll = np.full(len(texts), -np.inf)
+                sub = self._nll([[str(texts[j])] for j in confident], prompts=confident)
+                label_nll[confident] = sub[:, 0]
+                ok = accepts(self.own_nll().mean(axis=1), label_nll, self._confidence,
+                             min_confidence=c.accept_confidence, margin=c.accept_margin)
+                refused = [j for j in confident if not ok[j]]
+                for j in refused:
+                    keep[j] = False
+                self.log.labels_refused = len(refused)
+        self.pseudo_labels = [Example(messages=(("user", p.text),), response=str(t))
+                              for p, t, k in zip(self.prompts, texts, keep, strict=True) if k]
         self.log.labels = len(self.pseudo_labels)
 
     def _timed(self, name: str, fn: Any) -> Any:
@@ -455,10 +644,13 @@ class Client:
             self.log.seconds[name] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, *, max_new_tokens: int, seed: int) -> dict[str, float]:
-        """Scores on held-out questions of the client's own topics and of other clients'."""
+    def evaluate_questions(self, *, max_new_tokens: int, seed: int) -> list[dict[str, Any]]:
+        """One row per held-out question: its scope (``own``: the client's topics, ``other``:
+        other clients'), the greedy answer's embedding similarity and ROUGE-L against the
+        reference, the reference's mean token NLL, and whether the answer contains the key
+        (None where the question has no key)."""
         if not self.eval_items:
-            return {}
+            return []
         convs = [it.example.messages for it in self.eval_items]
         answers = [a[0] for a in generate(self.model, self.tokenizer, self.fmt, convs, k=1,
                                           max_new_tokens=max_new_tokens, temperature=1.0,
@@ -471,20 +663,30 @@ class Client:
         data = encode_examples(self.tokenizer, self.fmt, [it.example for it in self.eval_items],
                                self.ccfg.model.max_length)
         nll = np.asarray(mean_reference_loss(self.model, data))
-        out: dict[str, float] = {}
-        for scope in ("own", "other"):
-            idx = [i for i, it in enumerate(self.eval_items) if it.scope == scope]
-            if not idx:
-                continue
-            out[f"{scope}_similarity"] = float(np.mean(sims[idx]))
-            out[f"{scope}_rouge_l"] = float(np.mean(rouge[idx]))
-            out[f"{scope}_nll"] = float(np.mean(nll[idx]))
-            keyed = [i for i in idx if self.eval_items[i].key]
-            if keyed:
-                out[f"{scope}_key_recall"] = float(np.mean(
-                    [self.eval_items[i].key.lower() in answers[i].lower()  # type: ignore[union-attr]
-                     for i in keyed]))
-        return out
+        return [{"scope": it.scope, "similarity": float(sims[i]), "rouge_l": float(rouge[i]),
+                 "nll": float(nll[i]),
+                 "key_recall": None if not it.key else float(it.key.lower() in answers[i].lower()),
+                 "answer": answers[i]}
+                for i, it in enumerate(self.eval_items)]
+
+    def evaluate(self, *, max_new_tokens: int, seed: int) -> dict[str, float]:
+        """Mean scores on held-out questions of the client's own topics and of other clients'."""
+        return question_means(self.evaluate_questions(max_new_tokens=max_new_tokens, seed=seed))
+
+
+def question_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``{scope}_{metric}`` means of :meth:`Client.evaluate_questions` rows."""
+    out: dict[str, float] = {}
+    for scope in ("own", "other"):
+        mine = [r for r in rows if r["scope"] == scope]
+        if not mine:
+            continue
+        for m in ("similarity", "rouge_l", "nll"):
+            out[f"{scope}_{m}"] = float(np.mean([r[m] for r in mine]))
+        keyed = [r["key_recall"] for r in mine if r["key_recall"] is not None]
+        if keyed:
+            out[f"{scope}_key_recall"] = float(np.mean(keyed))
+    return out
 
 
 def _limit_per_scope(items: list[EvalItem], n: int) -> list[EvalItem]:

@@ -95,15 +95,16 @@ class EmbeddingUpload:
 
 @dataclass(frozen=True)
 class ConsensusBroadcast:
-    """Server → clients: consensus point and agreement per prompt."""
+    """Server → clients: consensus point, agreement and mean confidence per prompt."""
 
     TYPE: ClassVar[str] = "consensus"
     session_id: str
     round: int
     contributors: tuple[str, ...]
     noise_std_of_consensus: float
-    consensus: np.ndarray  # (prompts, dim) float32
+    consensus: np.ndarray  # (prompts, dim) float32: Σw·e / Σw (the plain mean when unweighted)
     agreement: np.ndarray  # (prompts,) float32, debiased for the known noise
+    weight: np.ndarray  # (prompts,) float32: Σw / contributors (noisy; 1 when unweighted)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from privsem.aggregation.base import AggregateResult, AggregationBackend, ServerAggregator
+from privsem.confidence import upload_dim
 from privsem.config import RunConfig
-from privsem.consensus import Consensus, mean_consensus, robust_consensus, select_nearest
+from privsem.consensus import (
+    Consensus,
+    mean_consensus,
+    robust_consensus,
+    select_nearest,
+    weighted_consensus,
+)
 from privsem.data import PublicPrompt
 from privsem.errors import MessageError, ProtocolAbort
 from privsem.models.embedder import Embedder
@@ -50,7 +57,9 @@ class Server:
         self.spec = RoundSpec(round=rnd, session_id=session_id(rnd, cohort, self.prompt_hash,
                                                                params),
                               cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
-                              prompt_set_hash=self.prompt_hash, dim=self.dim, params=params)
+                              prompt_set_hash=self.prompt_hash,
+                              dim=upload_dim(self.dim, self.cfg.consensus.confidence),
+                              params=params)
         self.stage.advance(Stage.SPEC)
         self._agg = self.backend.server(self.spec, self.registry, self.public)
         self.result, self.consensus, self.abort_reason = None, None, None
@@ -102,8 +111,13 @@ class Server:
             return None
         self.stage.advance(Stage.UPLOAD)
         op = self.cfg.consensus.operator
-        if op == "mean":
-            self.consensus = mean_consensus(self.result.total, len(self.result.contributors),
+        weighted = self.cfg.consensus.confidence != "none"
+        n = len(self.result.contributors)
+        if op == "mean" and weighted:
+            self.consensus = weighted_consensus(self.result.total, n,
+                                                noise_variance=self.result.noise_variance)
+        elif op == "mean":
+            self.consensus = mean_consensus(self.result.total, n,
                                             noise_variance=self.result.noise_variance)
         else:
             if self.result.individual is None:
@@ -111,14 +125,16 @@ class Server:
                                     f"the {self.backend.name} back-end does not reveal")
             stack = np.stack([self.result.individual[c] for c in self.result.contributors])
             self.consensus = robust_consensus(stack, op,
-                                              trim_fraction=self.cfg.consensus.trim_fraction)
+                                              trim_fraction=self.cfg.consensus.trim_fraction,
+                                              weighted=weighted)
         self.stage.advance(Stage.CONSENSUS)
         return encode(ConsensusBroadcast(
             session_id=self.spec.session_id, round=self.spec.round,
             contributors=self.result.contributors,
             noise_std_of_consensus=self.consensus.noise_std,
             consensus=self.consensus.points.astype(np.float32),
-            agreement=self.consensus.agreement.astype(np.float32)))
+            agreement=self.consensus.agreement.astype(np.float32),
+            weight=self.consensus.mean_weight().astype(np.float32)))
 
     def choose_labels(self, nominations: dict[str, bytes]) -> bytes:
         """Shared mode: per prompt, the nominated text nearest the consensus point."""
@@ -139,8 +155,9 @@ class Server:
                 if isinstance(t, str) and t.strip():
                     texts[j].append(t)
         chosen: list[str | None] = []
+        weight = self.consensus.mean_weight()
         for j in range(P):
-            if not texts[j]:
+            if not texts[j] or 0 < self.cfg.consensus.min_weight > weight[j]:
                 chosen.append(None)
                 continue
             emb = self.embedder.encode(texts[j]).astype(np.float64)[None]  # (1, m, d)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from privsem.aggregation import get_backend
+from privsem.confidence import upload_dim
 from privsem.config import RunConfig
 from privsem.privacy.plan import PrivacyPlan
 
@@ -26,8 +27,10 @@ def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int, dim:
         "operator": cfg.consensus.operator,
         "candidates": cfg.generation.candidates,
         "encoder": cfg.embedding.model,
+        "confidence": cfg.consensus.confidence,
         "aggregation": backend.round_params(plan.noise(), cohort_size=cohort_size,
-                                            length=plan.prompts * dim,
+                                            length=plan.prompts * upload_dim(
+                                                dim, cfg.consensus.confidence),
                                             settings=cfg.aggregation.settings(),
                                             public=public),
     }

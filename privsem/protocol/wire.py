@@ -25,7 +25,7 @@ import numpy as np
 from privsem.errors import MessageError
 
 MAGIC = b"PSM\x01"
-VERSION = 2
+VERSION = 3
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 DTYPES: dict[str, type[np.generic]] = {"<f4": np.float32, "<f8": np.float64,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -23,6 +24,7 @@ from privsem.aggregation import exchange, get_backend
 from privsem.aggregation.base import AggregationBackend, Gone, Helper
 from privsem.aggregation.masked.crypto import Identity
 from privsem.audits.planting import plant_for_run
+from privsem.confidence import upload_dim
 from privsem.config import ClientConfig, RunConfig, dump_yaml
 from privsem.data import Example, PublicPrompt, load_examples, load_prompts
 from privsem.data import prompt_set_hash as prompt_hash_of
@@ -164,7 +166,8 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
     # public material every party receives before the first round.
     progress(f"setting up {c.backend.name} aggregation")
     parties = c.backend.start_run(plan.noise(), cohort=tuple(cc.id for cc in cfg.clients),
-                                  prompts=len(c.prompts), dim=c.embedder.dim,
+                                  prompts=len(c.prompts),
+                                  dim=upload_dim(c.embedder.dim, cfg.consensus.confidence),
                                   settings=cfg.aggregation.settings(),
                                   randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
                                                              "helpers", *resumed))
@@ -340,6 +343,8 @@ def server_fields(server: Server, cfg: RunConfig, cid: str, rnd: int,
         "round_seconds": traffic.get("round_seconds"),
         "mean_agreement": float(cons.agreement.mean()) if cons is not None else None,
         "agreement": [float(a) for a in cons.agreement] if cons is not None else None,
+        "consensus_weight": [float(w) for w in cons.weight]
+        if cons is not None and cons.weight is not None else None,
         "consensus_noise_std": cons.noise_std if cons is not None else None,
         "contributors": len(result.contributors) if result else 0,
         "upload_rejected": result.rejected.get(cid) if result else None,
@@ -374,6 +379,12 @@ def client_fields(client: Client, ledger: Ledger, rnd: int, scores: dict[str, fl
         "pseudo_label_loss": log.pseudo_train.mean_loss if rnd > 0 and log.pseudo_train
         else None,
         "pseudo_labels_next_round": log.labels if rnd > 0 else 0,
+        "pseudo_labels_refused": log.labels_refused if rnd > 0 else 0,
+        "final_train_loss": log.final_train.mean_loss if rnd > 0 and log.final_train
+        else None,
+        "confidence": log.confidence if rnd > 0 else None,
+        "mean_confidence": float(np.mean(log.confidence)) if rnd > 0 and log.confidence
+        else None,
         "clip_factor": log.clip_factor if rnd > 0 else None,
         "aggregation": log.aggregation if rnd > 0 else {},
         "epsilon_record": ledger.spent(client.id, "record", delta=rd),

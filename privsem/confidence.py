@@ -1,0 +1,113 @@
+"""Per-prompt confidence: how much a client's own model knows about a public prompt.
+
+The confidence w_j ∈ [0, 1] of prompt j weighs the client's answer in the consensus (the upload
+carries the rows w_j·e_j and the column w_j; the server forms Σ w·e / Σ w) and decides whether
+the client accepts a pseudo-label (:func:`accepts`). It is computed from the client's own
+model and its own candidates only, never from its private data directly, so under record-level
+DP it is post-processing of the DP-SGD model and costs nothing; the release that carries it is
+clipped and noised with the rest of the matrix at client level.
+
+Measures (``consensus.confidence``), each per prompt from the k candidates y_1..y_k sampled from
+the client's current model for prompt x, with ℓ_M(y) the mean per-token negative log-likelihood
+of y given x under the model M of the client's *private* training: with the ``mixed`` schedule
+the adapter after training phase 1, before any pseudo-label was mixed in (once every client has
+trained on the same labels, its current model has moved on every prompt, and only the private
+phase tells who knew); with ``sequential``, the current model.
+- ``gain``: 1 − exp(−mean_i [ℓ_base(y_i) − ℓ_M(y_i)]), with ℓ_base under the same model with its
+  LoRA adapter switched off (the public base model). It measures how far the client's own
+  fine-tuning moved its answers to this prompt: near 0 where private training taught nothing
+  about the prompt, near 1 where it taught the answer (a template, an invented name). A
+  likelihood ratio against a public reference, as in reference-model membership inference.
+- ``likelihood``: exp(−mean_i ℓ_M(y_i)), the geometric-mean token probability of its own
+  candidates.
+- ``self_agreement``: the mean pairwise ROUGE-L F1 between the k candidates (1 when the model
+  says the same thing every time; needs k ≥ 2).
+- ``none``: no confidence column; every client weighs 1 (the plain mean).
+
+Then w ← w^power (``consensus.confidence_power``): a power above 1 sharpens the weighting.
+Rules for changing it: a measure is a pure function of the client's own model and candidates
+returning finite values in [0, 1]; :func:`validate_confidence` is the client's last check before
+the values enter the release.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from privsem.errors import EmbeddingRejected
+
+CONFIDENCES = ("none", "gain", "likelihood", "self_agreement")
+
+
+def gain_confidence(nll_model: np.ndarray, nll_base: np.ndarray) -> np.ndarray:
+    """(P, k) mean token NLLs under the fine-tuned and the base model -> (P,) in [0, 1]."""
+    gain = np.mean(nll_base - nll_model, axis=1)  # (P,) nats per token
+    return np.clip(1.0 - np.exp(-gain), 0.0, 1.0)
+
+
+def likelihood_confidence(nll_model: np.ndarray) -> np.ndarray:
+    """(P, k) mean token NLLs -> (P,) geometric-mean token probability in (0, 1]."""
+    return np.clip(np.exp(-np.mean(nll_model, axis=1)), 0.0, 1.0)
+
+
+def self_agreement_confidence(texts: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per prompt, the mean pairwise ROUGE-L F1 of its candidates -> (P,) in [0, 1]."""
+    from privsem.models.scores import rouge_l
+
+    pairs = [list(itertools.combinations(row, 2)) for row in texts]
+    if any(not p for p in pairs):
+        raise ValueError("self_agreement confidence needs at least 2 candidates per prompt")
+    flat_a = [a for p in pairs for a, _ in p]
+    flat_b = [b for p in pairs for _, b in p]
+    scores = rouge_l(flat_a, flat_b)
+    out, pos = [], 0
+    for p in pairs:
+        out.append(float(np.mean(scores[pos:pos + len(p)])))
+        pos += len(p)
+    return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
+
+
+def validate_confidence(w: object, *, prompts: int) -> np.ndarray:
+    """Returns ``w`` as float64 if it is a finite (prompts,) vector in [0, 1]; refuses it on
+    the client, before anything is released, otherwise."""
+    if not isinstance(w, np.ndarray):
+        raise EmbeddingRejected(f"confidence: expected a numpy array, got {type(w).__name__}")
+    if w.shape != (prompts,):
+        raise EmbeddingRejected(f"confidence: shape {w.shape} does not match ({prompts},)")
+    if not np.issubdtype(w.dtype, np.floating):
+        raise EmbeddingRejected(f"confidence: dtype {w.dtype} is not a float type")
+    v = w.astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        raise EmbeddingRejected(f"confidence: {int(np.sum(~np.isfinite(v)))} non-finite values "
+                                "(NaN or Inf)")
+    bad = np.flatnonzero((v < 0.0) | (v > 1.0))
+    if bad.size:
+        raise EmbeddingRejected(f"confidence: prompt {int(bad[0])} has w = {v[bad[0]]:.6g}, "
+                                f"outside [0, 1] ({bad.size} such prompts)")
+    return v
+
+
+def weighted_rows(matrix: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(P, d) unit rows and (P,) confidences -> the (P, d + 1) upload [w·e, w].
+
+    Row norm w·√2 ≤ √2, so the Frobenius norm is at most √(2P): the default joint clip for a
+    weighted upload, which never shrinks it."""
+    return np.concatenate([matrix * w[:, None], w[:, None]], axis=1)
+
+
+def upload_dim(encoder_dim: int, confidence: str) -> int:
+    """Width of a client's upload: the encoder's dimension, plus the confidence column."""
+    return encoder_dim + (0 if confidence == "none" else 1)
+
+
+def accepts(own_nll: np.ndarray, label_nll: np.ndarray, w: np.ndarray, *, min_confidence: float,
+            margin: float) -> np.ndarray:
+    """Which pseudo-labels a client trains on (P,) bool: all but those of prompts where it is
+    itself confident (w ≥ ``min_confidence``) and its own model finds the label less likely
+    than its own candidates by more than ``margin`` nats per token (its answer disagrees)."""
+    confident = w >= min_confidence
+    disagrees = (label_nll - own_nll) > margin
+    return ~(confident & disagrees)

@@ -1,0 +1,216 @@
+"""The confidence column (privsem.confidence): the upload [w·e, w] keeps the release's
+sensitivity bound, the weighted mean is exact under every back-end, bad confidences are refused
+on the client before anything leaves it, the ledger charges the release with the column, and
+labels a confident client disagrees with are refused."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from aggregation_harness import make_round
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privsem.confidence import (
+    accepts,
+    gain_confidence,
+    likelihood_confidence,
+    self_agreement_confidence,
+    upload_dim,
+    validate_confidence,
+    weighted_rows,
+)
+from privsem.config import load_config
+from privsem.consensus import mean_consensus, medoid, robust_consensus, weighted_consensus
+from privsem.errors import EmbeddingRejected
+from privsem.privacy.embedding import joint_clip
+from privsem.runtime.inprocess import run, run_round, setup
+
+BACKENDS = ["plaintext", "masked", "ckks"]
+
+
+def _unit_rows(rng, P, d):
+    e = rng.normal(size=(P, d))
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+@settings(deadline=2000, max_examples=200)
+@given(P=st.integers(1, 40), d=st.integers(2, 24), n=st.integers(1, 6),
+       seed=st.integers(0, 2**32 - 1), extreme=st.booleans())
+def test_T23_weighted_upload_keeps_the_sensitivity_bound(P, d, n, seed, extreme):
+    """Rows w·e with the column w have norm w·√2, so an honest upload never exceeds the default
+    clip √(2P) (nothing is shrunk), and after the joint clip one client moves the sum by at most
+    the clip C the noise is calibrated to (add/remove one client)."""
+    rng = np.random.default_rng(seed)
+    C = math.sqrt(2 * P)
+    uploads = []
+    for _ in range(n):
+        w = rng.choice([0.0, 1.0], size=P) if extreme else rng.uniform(0, 1, size=P)
+        up = weighted_rows(_unit_rows(rng, P, d), w)
+        assert up.shape == (P, d + 1)
+        assert np.linalg.norm(up) <= C * (1 + 1e-12)
+        clipped, factor = joint_clip(up, C)
+        assert factor == pytest.approx(1.0)
+        # an arbitrary (dishonest) matrix of the same shape is clipped to C as well
+        wild, _ = joint_clip(rng.normal(size=(P, d + 1)) * 50, C)
+        assert np.linalg.norm(wild) <= C * (1 + 1e-12)
+        uploads.append(clipped)
+    total = sum(uploads)
+    for i in range(n):
+        without = total - uploads[i]
+        assert np.linalg.norm(total - without) <= C * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weighted_mean_is_exact_under_every_backend(backend):
+    """The back-ends sum [w·e, w] like any matrix; the server's Σw·e / Σw equals the weighted
+    mean of the clients' unit rows (bit for bit on the grid for plaintext and masked, within
+    the stated tolerance for ckks)."""
+    P, d, n = 4, 7, 5
+    r = make_round(backend, n=n, prompts=P, dim=d + 1, clip=math.sqrt(2 * P))
+    rng = np.random.default_rng(11)
+    scale = 2.0 ** 10
+    inputs, rows, weights = {}, {}, {}
+    for c in r.spec.cohort:
+        e = _unit_rows(rng, P, d)
+        w = rng.uniform(0.05, 1.0, size=P)
+        up = np.round(weighted_rows(e, w) * scale) / scale  # on the masked back-end's grid
+        inputs[c], rows[c], weights[c] = up, up[:, :d], up[:, d]
+    r.start(inputs)
+    assert r.run() == {}
+    res = r.server.finish()
+    assert res.contributors == r.spec.cohort
+    cons = weighted_consensus(res.total, n, noise_variance=0.0)
+    want = sum(rows.values()) / sum(weights.values())[:, None]  # (P, d)
+    err = np.max(np.abs(cons.points - want))
+    tol = r.tolerance(n)
+    if tol:  # ckks: the error of the sums, divided by Σw
+        assert err <= 2 * tol / min(sum(weights.values())) + 1e-12
+    else:
+        assert err <= 1e-12
+    assert np.allclose(cons.weight, sum(weights.values()) / n, atol=tol + 1e-12)
+
+
+def test_weighted_consensus_with_equal_weights_is_the_plain_mean():
+    rng = np.random.default_rng(0)
+    ups = [weighted_rows(_unit_rows(rng, 5, 6), np.ones(5)) for _ in range(3)]
+    total = sum(ups)
+    w = weighted_consensus(total, 3, noise_variance=0.01)
+    m = mean_consensus(total[:, :6], 3, noise_variance=0.01)
+    assert np.allclose(w.points, m.points) and np.allclose(w.agreement, m.agreement)
+    assert np.allclose(w.weight, 1.0)
+
+
+def test_weighted_consensus_follows_the_confident_client():
+    """Two clients agree on answer A with confidence 0.1, one answers B with confidence 0.9:
+    the plain mean sits at A, the weighted mean at B."""
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    rows = [np.stack([a]), np.stack([a]), np.stack([b])]
+    w = [np.array([0.1]), np.array([0.1]), np.array([0.9])]
+    total = sum(weighted_rows(e, x) for e, x in zip(rows, w))
+    cons = weighted_consensus(total, 3, noise_variance=0.0)
+    assert cons.points[0] @ b > cons.points[0] @ a
+    plain = mean_consensus(sum(rows), 3, noise_variance=0.0)
+    assert plain.points[0] @ a > plain.points[0] @ b
+
+
+def test_weighted_medoid_votes_by_confidence():
+    a, b = np.eye(3)[0], np.eye(3)[1]
+    stack = np.stack([np.stack([a]), np.stack([a]), np.stack([b])])  # (3, 1, 3)
+    assert np.allclose(medoid(stack)[0], a)
+    w = np.array([[0.05], [0.05], [1.0]])
+    assert np.allclose(medoid(stack, w)[0], b)
+    up = np.concatenate([stack * w[:, :, None], w[:, :, None]], axis=2)
+    assert np.allclose(robust_consensus(up, "medoid", trim_fraction=0.2,
+                                        weighted=True).points[0], b)
+    with pytest.raises(ValueError, match="takes no confidence weights"):
+        robust_consensus(up, "trimmed_mean", trim_fraction=0.2, weighted=True)
+
+
+@pytest.mark.parametrize("bad, why", [
+    (np.array([0.5, np.nan, 0.2]), "non-finite"),
+    (np.array([0.5, np.inf, 0.2]), "non-finite"),
+    (np.array([0.5, 1.5, 0.2]), "outside"),
+    (np.array([0.5, -0.01, 0.2]), "outside"),
+    (np.array([0.5, 0.2]), "shape"),
+    (np.array([1, 0, 1]), "dtype"),
+    ([0.5, 0.5, 0.5], "numpy array"),
+])
+def test_bad_confidence_is_refused(bad, why):
+    with pytest.raises(EmbeddingRejected, match=why):
+        validate_confidence(bad, prompts=3)
+    assert np.array_equal(validate_confidence(np.array([0.0, 0.5, 1.0]), prompts=3),
+                          [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, 1.5, -0.5, np.inf])
+def test_T30_bad_confidence_never_leaves_the_client(tmp_path, bad):
+    """A confidence outside [0, 1] or non-finite is refused on the client before the ledger is
+    charged and before any message leaves it; the round continues without that client."""
+    cfg = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
+                                                 "rounds=1"])
+    fed = setup(cfg, tmp_path / "run", lambda s: None)
+    carol = fed.clients["carol"]
+    original = carol._compute_confidence
+
+    def broken() -> None:
+        original()
+        w = carol._confidence.copy()
+        w[1] = bad
+        carol._confidence = w
+
+    carol._compute_confidence = broken  # type: ignore[method-assign]
+    run_round(fed, 1, lambda s: None)
+    assert any("upload withheld: confidence" in s for s in carol.log.status)
+    assert fed.server.result is not None and "carol" not in fed.server.result.contributors
+    assert set(fed.server.result.contributors) == {"alice", "bob"}
+    charged = [e for e in fed.ledger.entries if e.client == "carol" and e.unit == "client"]
+    assert charged == []  # nothing released, nothing charged
+
+
+def test_ledger_charges_the_release_with_the_column(tmp_path):
+    cfg = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
+                                                 "rounds=1"])
+    out = run(cfg, tmp_path / "run", show_progress=False)
+    entries = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    releases = [e for e in entries if e["mechanism"] == "embedding_discrete_gaussian"]
+    assert len(releases) == 3
+    for e in releases:
+        assert e["detail"]["shape"] == [4, upload_dim(384, "gain")] == [4, 385]
+        assert e["detail"]["clip"] == pytest.approx(math.sqrt(2 * 4))
+    plain = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
+                                                   "rounds=1", "consensus.confidence=none"])
+    out2 = run(plain, tmp_path / "plain", show_progress=False)
+    entries2 = [json.loads(x) for x in (out2 / "ledger.jsonl").read_text().splitlines()]
+    rel2 = [e for e in entries2 if e["mechanism"] == "embedding_discrete_gaussian"]
+    assert rel2[0]["detail"]["shape"] == [4, 384]
+    assert rel2[0]["detail"]["clip"] == pytest.approx(2.0)
+    # the same ε for both: the same noise multiplier on a larger clip (the column costs noise,
+    # not budget), and the same ρ charged
+    assert releases[0]["detail"]["noise_multiplier"] == rel2[0]["detail"]["noise_multiplier"]
+    assert releases[0]["detail"]["rho"] == pytest.approx(rel2[0]["detail"]["rho"])
+    spent = [e for e in entries if e["unit"] == "client" and e["mechanism"] != "noise_present"]
+    assert all(e["detail"]["backend"] == "masked" for e in spent)
+
+
+def test_measures_are_in_the_unit_interval():
+    rng = np.random.default_rng(2)
+    base, ft = rng.uniform(0, 6, (5, 3)), rng.uniform(0, 6, (5, 3))
+    for w in (gain_confidence(ft, base), likelihood_confidence(ft)):
+        assert w.shape == (5,) and np.all((w >= 0) & (w <= 1))
+    assert np.all(gain_confidence(base, base) == 0.0)  # fine-tuning moved nothing
+    assert np.all(gain_confidence(np.zeros((2, 2)), np.full((2, 2), 50.0)) > 0.99)
+    agree = self_agreement_confidence([["the cat sat", "the cat sat"], ["a b c", "x y z"]])
+    assert agree[0] == pytest.approx(1.0) and agree[1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least 2 candidates"):
+        self_agreement_confidence([["only one"]])
+
+
+def test_label_acceptance():
+    own = np.array([0.3, 0.3, 0.3, 0.3])
+    label = np.array([2.0, 0.5, 2.0, 0.5])  # prompts 0, 2: the label is far less likely
+    w = np.array([0.9, 0.9, 0.1, 0.1])
+    ok = accepts(own, label, w, min_confidence=0.5, margin=0.5)
+    # refused only where confident and disagreeing
+    assert ok.tolist() == [False, True, True, True]
