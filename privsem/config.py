@@ -114,7 +114,9 @@ class TrainingConfig:
       all R + 1 phases even). Each private step is paired with ``pseudo_label_ratio``
       pseudo-labelled examples per private example: in one batch and one loss without DP; as a
       separate, non-private step after each DP-SGD step with DP (the labels are
-      post-processing of DP releases and cost nothing).
+      post-processing of DP releases and cost nothing). A phase makes at least
+      ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for
+      that, it adds label-only steps, spread evenly among the private ones.
     - ``sequential`` (the earlier schedule, kept for the ablation): per round, private training
       first, then ``pseudo_label_epochs`` epochs on the *previous* round's labels; the last
       round's labels are never trained on.
@@ -124,9 +126,9 @@ class TrainingConfig:
     epochs_per_round: float = 1.0
     learning_rate: float = 2e-3
     schedule: str = "mixed"
-    first_phase_share: float | None = 0.5
+    first_phase_share: float | None = 0.75
     pseudo_label_ratio: float = 1.0
-    pseudo_label_epochs: int = 1
+    pseudo_label_epochs: int = 2
     pseudo_label_learning_rate: float = 1e-3
     pseudo_label_batch_size: int = 8
 

@@ -179,7 +179,7 @@ def _spec(fed, rnd, cohort):
                              public=s.public)
     return encode(RoundSpec(round=rnd, session_id=session_id(rnd, cohort, s.prompt_hash, params),
                             cohort=cohort, prompt_ids=tuple(p.id for p in s.prompts),
-                            prompt_set_hash=s.prompt_hash, dim=s.dim, params=params))
+                            prompt_set_hash=s.prompt_hash, dim=s.upload_dim, params=params))
 
 
 def _releases(fed, client, rnd):

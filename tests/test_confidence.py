@@ -214,3 +214,47 @@ def test_label_acceptance():
     ok = accepts(own, label, w, min_confidence=0.5, margin=0.5)
     # refused only where confident and disagreeing
     assert ok.tolist() == [False, True, True, True]
+
+
+def test_client_state_is_private_and_non_finite_consensus_is_refused(tmp_path):
+    """Every file under a client's state folder is 0600 in a 0700 folder (candidates, labels,
+    adapters, releases, journals); a consensus broadcast with a non-finite entry is refused by
+    the client, which then chooses no label from it."""
+    import os
+    import stat
+
+    from privsem.errors import ProtocolAbort
+    from privsem.protocol.messages import ConsensusBroadcast, Stage, StageMachine, decode, encode
+
+    cfg = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
+                                                 "rounds=1"])
+    out = run(cfg, tmp_path / "run", show_progress=False)
+    for client in ("alice", "bob", "carol"):
+        folder = out / "state" / client
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        files = list(folder.iterdir())
+        assert {f.name for f in files} >= {"candidates-1.json", "labels-1.json",
+                                           "adapter-trained-1.safetensors",
+                                           "release-1.safetensors", "round-1.json"}
+        for f in files:
+            assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f.name
+
+    fed = setup(cfg, tmp_path / "again", lambda s: None)
+    carol = fed.clients["carol"]
+    spec = fed.server.open_round(1, tuple(fed.clients))
+    carol.on_round_spec(spec)
+    P = 4
+    for field in ("consensus", "agreement", "weight"):
+        good = {"consensus": np.zeros((P, 384), np.float32),
+                "agreement": np.ones(P, np.float32), "weight": np.ones(P, np.float32)}
+        good[field] = good[field].copy()
+        good[field].flat[0] = np.nan
+        frame = encode(ConsensusBroadcast(session_id=decode(spec).session_id, round=1,
+                                          contributors=("carol",), noise_std_of_consensus=0.0,
+                                          **good))
+        with pytest.raises(ProtocolAbort, match=f"{field} holds 1 non-finite"):
+            carol.on_consensus(frame)
+        carol.stage = StageMachine("client carol")  # as after its upload, for the next case
+        carol.stage.advance(Stage.SPEC)
+        carol.stage.advance(Stage.UPLOAD)
+        assert carol.pseudo_labels == []

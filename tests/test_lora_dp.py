@@ -165,7 +165,7 @@ def test_T19_plan_rate_is_B_over_the_N_trained_on():
         ev = p.round_event()  # the ledger's event: Poisson sampling at exactly that rate
         assert ev.event.sampling_probability == pytest.approx(p.sample_rate)
         assert ev.count == p.steps_per_round
-    # mixed (the default): the same private budget over R + 1 phases, half of it in phase 1
+    # mixed (the default): the same private budget over R + 1 phases, most of it in phase 1
     cfg = load_config(preset="smoke")
     mixed = make_plan(cfg, sizes, prompts=6)
     R = cfg.rounds
@@ -278,3 +278,47 @@ def test_T21_noise_std_is_sigma_C_over_B(recorded):
           f"{diff.numel()} entries")
     assert float(diff.std()) == pytest.approx(want, rel=0.15)
     assert abs(float(diff.mean())) < 4 * want / math.sqrt(diff.numel())
+
+
+def test_spread_places_every_event():
+    from privsem.models.training import spread
+
+    for count, slots in ((0, 3), (3, 3), (5, 3), (7, 2), (2, 5)):
+        out = spread(count, slots)
+        assert len(out) == slots and sum(out) == count and max(out) - min(out) <= 1
+
+
+def _lora(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_mixed_training_interleaves_labels_without_touching_the_dp_steps(monkeypatch):
+    """With pseudo-labels mixed in, DP-SGD still runs exactly the planned Poisson-sampled steps
+    (the sampler is asked for the same steps; the stats say so), the label steps run besides
+    them (the weights differ from a run without labels), and no-DP co-training runs
+    max(private, label) steps with every private batch trained on."""
+    from privsem.models.training import PublicMix, train_mixed
+
+    model, data = _setup("tiny-llama")
+    labels = encode_examples(load_model("tiny-llama", seed=3).tokenizer, "plain",
+                             load_examples("demo:bob.train.jsonl")[:6], 64)
+    start = _lora(model)
+    plain = _dp(model, data, steps=3, sample_rate=0.5, noise_multiplier=1.0)
+    without = _lora(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(start[n])
+    mixed = _dp(model, data, steps=3, sample_rate=0.5, noise_multiplier=1.0,
+                public=PublicMix(labels, 4, 1e-2, steps=5))
+    assert mixed.steps == plain.steps == 3
+    assert mixed.examples_seen == plain.examples_seen  # the same Poisson batches
+    assert any(not torch.equal(_lora(model)[n], without[n]) for n in without)
+
+    stats = train_mixed(model, data, PublicMix(labels, 4, 1e-2, steps=5), steps=3,
+                        batch_size=4, learning_rate=1e-2,
+                        generator=torch.Generator().manual_seed(1))
+    assert stats.steps == 5 and stats.examples_seen == 3 * 4
+    stats = train_mixed(model, data, PublicMix(None, 4, 1e-2), steps=3, batch_size=4,
+                        learning_rate=1e-2, generator=torch.Generator().manual_seed(1))
+    assert stats.steps == 3 and stats.examples_seen == 12

@@ -117,7 +117,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic": {},
     "semantic+client": {"privacy": {"client": {"enabled": True}}},
     # the earlier protocol: plain mean, labels trained on after private training, every label
-    "semantic-sequential": {"training": {"schedule": "sequential"},
+    "semantic-sequential": {"training": {"schedule": "sequential", "pseudo_label_epochs": 1},
                             "consensus": {"confidence": "none", "accept_labels": False,
                                           "nominate": "nearest"}},
     "semantic-nearest": {"consensus": {"nominate": "nearest"}},

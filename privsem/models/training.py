@@ -12,6 +12,7 @@ reply; the batch loss is the mean of per-sample losses (``loss_reduction="mean"`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,8 +147,9 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
     pub = _PublicStream(public, generator) if public is not None and public.active else None
     pub_opt = (torch.optim.AdamW(params, lr=public.learning_rate, weight_decay=0.0)
                if pub is not None and public is not None else None)
+    after = spread(max(steps, public.steps if public is not None else 0), steps)
     try:
-        for indices in sampler:
+        for step, indices in enumerate(sampler):
             idx = torch.as_tensor(indices, dtype=torch.long)
             opt.zero_grad(set_to_none=True)
             if idx.numel() == 0:
@@ -167,10 +169,11 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
                 opt.zero_grad(set_to_none=True)
                 gsm.disable_hooks()
                 try:
-                    pub_opt.zero_grad(set_to_none=True)
-                    pids, patt, plab = pub.batch()
-                    per_sample_loss(gsm, pids, patt, plab).mean().backward()
-                    pub_opt.step()
+                    for _ in range(after[step]):
+                        pub_opt.zero_grad(set_to_none=True)
+                        pids, patt, plab = pub.batch()
+                        per_sample_loss(gsm, pids, patt, plab).mean().backward()
+                        pub_opt.step()
                     pub_opt.zero_grad(set_to_none=True)
                 finally:
                     gsm.enable_hooks()
@@ -183,12 +186,14 @@ def train_dp_sgd(model: PeftModel, data: TensorDataset, *, steps: int, sample_ra
 
 @dataclass(frozen=True)
 class PublicMix:
-    """Pseudo-labelled examples to mix into private training: ``per_step`` of them with every
-    private step, drawn in reshuffled passes over ``data``."""
+    """Pseudo-labelled examples to mix into private training: batches of ``per_step`` of them,
+    drawn in reshuffled passes over ``data``, ``steps`` batches in the phase (at least one per
+    private step: fewer are raised to that), spread evenly among the private steps."""
 
     data: TensorDataset | None
     per_step: int
     learning_rate: float
+    steps: int = 0
 
     @property
     def active(self) -> bool:
@@ -198,16 +203,20 @@ class PublicMix:
 class _PublicStream:
     """Endless batches of a dataset, each pass in a fresh order from ``generator``."""
 
-    def __init__(self, mix: PublicMix, generator: torch.Generator) -> None:
+    def __init__(self, mix: PublicMix, generator: torch.Generator, salt: bytes = b"public"
+                 ) -> None:
         if mix.data is None:
             raise ValueError("public mix without data")
         self.tensors, self.n, self.k = mix.data.tensors, len(mix.data), mix.per_step
-        # a stream of its own, seeded once from the caller's generator, so that drawing these
-        # batches never shifts the caller's later draws (DP-SGD's Poisson sampling)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        # a stream of its own, seeded from a digest of the caller's generator state without
+        # drawing from it, so that these batches never shift DP-SGD's Poisson sampling
+        state = generator.get_state().numpy().tobytes()
+        seed = int.from_bytes(hashlib.sha256(b"privsem/stream/" + salt + state).digest()[:8],
+                              "little") >> 1
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(self.n, generator=self.gen)
         self.pos = 0
+
 
     def batch(self) -> tuple[torch.Tensor, ...]:
         idx: list[torch.Tensor] = []
@@ -223,12 +232,19 @@ class _PublicStream:
         return tuple(t[i] for t in self.tensors)
 
 
+def spread(count: int, slots: int) -> list[int]:
+    """``count`` events over ``slots`` slots, as evenly as whole numbers allow (sum = count)."""
+    return [(i + 1) * count // slots - i * count // slots for i in range(slots)]
+
+
 def train_mixed(model: PeftModel, private: TensorDataset, public: PublicMix, *, steps: int,
                 batch_size: int, learning_rate: float, generator: torch.Generator) -> TrainStats:
-    """Non-private co-training: ``steps`` steps, each on a batch of ``batch_size`` private
-    examples (reshuffled passes over ``private``) together with ``public.per_step``
-    pseudo-labelled examples, one loss (the mean per-sample loss over the joint batch), one
-    optimizer. For runs without record-level DP; with it, :func:`train_dp_sgd` interleaves."""
+    """Non-private co-training: ``steps`` private batches of ``batch_size`` examples (reshuffled
+    passes over ``private``) and ``max(steps, public.steps)`` batches of ``public.per_step``
+    pseudo-labelled examples, spread evenly over as many optimizer steps as the larger of the
+    two; a step holding both trains on them together (one loss: the mean per-sample loss over
+    the joint batch; one optimizer). For runs without record-level DP; with it,
+    :func:`train_dp_sgd` interleaves."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"train_mixed: steps={steps!r} is not valid; use an integer >= 1")
     if len(private) < 1:
@@ -236,12 +252,15 @@ def train_mixed(model: PeftModel, private: TensorDataset, public: PublicMix, *, 
     model.train()
     opt = torch.optim.AdamW(_trainable(model), lr=learning_rate, weight_decay=0.0)
     priv = _PublicStream(PublicMix(private, min(batch_size, len(private)), learning_rate),
-                         generator)
+                         generator, salt=b"private")
     pub = _PublicStream(public, generator) if public.active else None
+    total = max(steps, public.steps) if pub is not None else steps
+    priv_due, pub_due = spread(steps, total), spread(total, total)
     losses: list[float] = []
     seen = 0
-    for _ in range(steps):
-        parts = [priv.batch()] + ([pub.batch()] if pub is not None else [])
+    for t in range(total):
+        parts = ([priv.batch()] if priv_due[t] else []) + (
+            [pub.batch()] if pub is not None and pub_due[t] else [])
         width = max(p[0].shape[1] for p in parts)
         ids, att, lab = (torch.cat([_pad_to(p[i], width, fill) for p in parts])
                          for i, fill in ((0, 0), (1, 0), (2, -100)))
@@ -250,9 +269,9 @@ def train_mixed(model: PeftModel, private: TensorDataset, public: PublicMix, *, 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        seen += int(parts[0][0].shape[0])
+        seen += int(parts[0][0].shape[0]) if priv_due[t] else 0
     model.eval()
-    return TrainStats(steps=steps, examples_seen=seen, empty_batches=0,
+    return TrainStats(steps=total, examples_seen=seen, empty_batches=0,
                       mean_loss=sum(losses) / len(losses) if losses else math.nan)
 
 

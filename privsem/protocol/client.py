@@ -74,7 +74,7 @@ from privsem.protocol.messages import (
     encode,
 )
 from privsem.protocol.session import expected_params, session_id
-from privsem.protocol.state import ClientStore, params_digest, write_json
+from privsem.protocol.state import ClientStore, params_digest
 from privsem.rng import Randomness
 
 
@@ -187,6 +187,12 @@ class Client:
             raise ProtocolAbort(f"client {self.id}: consensus has shape {msg.consensus.shape} "
                                 f"(agreement {msg.agreement.shape}, weight {msg.weight.shape}); "
                                 f"expected ({P}, {self.embedder.dim})")
+        for name, arr in (("consensus", msg.consensus), ("agreement", msg.agreement),
+                          ("weight", msg.weight)):
+            if not np.all(np.isfinite(arr)):
+                raise ProtocolAbort(f"client {self.id}: the consensus broadcast's {name} holds "
+                                    f"{int(np.sum(~np.isfinite(arr)))} non-finite values; "
+                                    "refusing it (no label is chosen from it)")
         self._record_noise_present(spec, msg)
         if self._cand_emb is None:
             raise ProtocolAbort(f"client {self.id}: consensus before candidates were generated")
@@ -341,8 +347,10 @@ class Client:
         if labels is not None:
             data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length
                                    ) if labels else None
-            mix = PublicMix(data, round(t.pseudo_label_ratio * t.batch_size),
-                            t.learning_rate)
+            per_step = round(t.pseudo_label_ratio * t.batch_size)
+            passes = math.ceil(t.pseudo_label_epochs * len(labels) / per_step) if (
+                per_step and labels) else 0
+            mix = PublicMix(data, per_step, t.learning_rate, steps=passes)
         tag = ("final",) if final else ()
         if plan.noise_multiplier > 0:
             stats = train_dp_sgd(
@@ -392,7 +400,7 @@ class Client:
             max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
             batch_size=g.batch_size, seed=self.rng.seed_for("generate", self.id, self.log.round))
         if self.store:  # client-local, like its pseudo-labels; read by the inversion audit
-            write_json(self.store.root / f"candidates-{self.log.round}.json", self._cand_texts)
+            self.store.save_candidates(self.log.round, self._cand_texts)
         flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
         emb = self.embedder.encode(flat)  # (P·k, d)
         self._cand_emb = emb.reshape(len(self.prompts), g.candidates, -1).astype(np.float64)

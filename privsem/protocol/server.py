@@ -51,6 +51,11 @@ class Server:
         self.result: AggregateResult | None = None
         self.consensus: Consensus | None = None
 
+    @property
+    def upload_dim(self) -> int:
+        """Width of each client's upload: the encoder's dimension, plus the confidence column."""
+        return upload_dim(self.dim, self.cfg.consensus.confidence)
+
     def open_round(self, rnd: int, cohort: tuple[str, ...]) -> bytes:
         params = expected_params(self.cfg, self.plan, cohort_size=len(cohort), dim=self.dim,
                                  public=self.public)
@@ -58,8 +63,7 @@ class Server:
                                                                params),
                               cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
                               prompt_set_hash=self.prompt_hash,
-                              dim=upload_dim(self.dim, self.cfg.consensus.confidence),
-                              params=params)
+                              dim=self.upload_dim, params=params)
         self.stage.advance(Stage.SPEC)
         self._agg = self.backend.server(self.spec, self.registry, self.public)
         self.result, self.consensus, self.abort_reason = None, None, None

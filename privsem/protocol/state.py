@@ -45,11 +45,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Calls ``write(tmp_path)``, fsyncs the file, renames it over ``path``, fsyncs the folder."""
+def atomic_write(path: Path, write: Any, *, private: bool = False) -> None:
+    """Calls ``write(tmp_path)``, fsyncs the file, renames it over ``path``, fsyncs the folder.
+    ``private``: the file is made 0600 and its folder 0700 (a client's state: only its owner
+    may read its adapters, candidates, labels and releases)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        os.chmod(path.parent, 0o700)
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
+    if private:
+        os.chmod(tmp, 0o600)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -59,8 +65,9 @@ def atomic_write(path: Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, sort_keys=True), encoding="utf-8"))
+def write_json(path: Path, obj: Any, *, private: bool = False) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, sort_keys=True), encoding="utf-8"),
+                 private=private)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -112,7 +119,7 @@ class ClientStore:
         return out
 
     def note(self, rnd: int, **facts: Any) -> None:
-        write_json(self._journal_path(rnd), {**self.journal(rnd), **facts})
+        write_json(self._journal_path(rnd), {**self.journal(rnd), **facts}, private=True)
 
     # ------------------------------------------------------------------ adapter weights
     def save_adapter(self, model: torch.nn.Module, tag: str) -> Path:
@@ -120,7 +127,7 @@ class ClientStore:
         tensors = {n: p.detach().to("cpu").contiguous().clone()
                    for n, p in model.named_parameters() if p.requires_grad}
         path = self.root / f"adapter-{tag}.safetensors"
-        atomic_write(path, lambda p: save_torch(tensors, str(p)))
+        atomic_write(path, lambda p: save_torch(tensors, str(p)), private=True)
         return path
 
     def has_adapter(self, tag: str) -> bool:
@@ -146,7 +153,7 @@ class ClientStore:
 
     # ------------------------------------------------------------------ pseudo-labels
     def save_labels(self, rnd: int, labels: list[dict[str, Any]]) -> None:
-        write_json(self.root / f"labels-{rnd}.json", labels)
+        write_json(self.root / f"labels-{rnd}.json", labels, private=True)
 
     def load_labels(self, rnd: int) -> list[dict[str, Any]]:
         p = self.root / f"labels-{rnd}.json"
@@ -159,7 +166,12 @@ class ClientStore:
         arr = np.ascontiguousarray(noised)
         meta = {"round": str(rnd), "digest": digest, "stats": json.dumps(dict(stats))}
         atomic_write(self.root / f"release-{rnd}.safetensors",
-                     lambda p: save_np({"release": arr}, str(p), metadata=meta))
+                     lambda p: save_np({"release": arr}, str(p), metadata=meta), private=True)
+
+    def save_candidates(self, rnd: int, texts: list[list[str]]) -> None:
+        """The round's candidates (client-local, like its labels; the inversion audit reads
+        them)."""
+        write_json(self.root / f"candidates-{rnd}.json", texts, private=True)
 
     def load_release(self, rnd: int, digest: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The cached release of round ``rnd`` if it was made under the same parameters."""
