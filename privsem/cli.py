@@ -262,7 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
     ablations = [v for v in VARIANTS if v not in ("semantic", "semantic+client")] if (
         args.ablations) else []
     result = run_bench(out, size_name="quick" if args.quick else "probe" if args.probe
-                       else "full", tasks=args.task or TASKS,
+                       else "full", tasks=args.task or None,
                        federations=args.federation or None,
                        privacy=args.privacy or None, micro=not args.no_micro,
                        resume=bool(args.resume), ablations=ablations,

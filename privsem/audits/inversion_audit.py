@@ -38,6 +38,7 @@ audit section.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from privsem.audits.inversion import (
     nn_inversion_curve,
     train_bow_inverter,
 )
+from privsem.confidence import upload_dim
 from privsem.errors import DataError
 from privsem.rng import SeededRandomness
 
@@ -124,10 +126,11 @@ def read_upload(run: RunFolder, client: str, rnd: int, prompts: int, dim: int) -
     else:
         matrix = np.asarray(raw, dtype=np.float64)
         std = float(d["noise_std"])
-    if matrix.size != prompts * dim:
+    width = upload_dim(dim, run.cfg.consensus.confidence)
+    if matrix.size != prompts * width:
         raise DataError(str(path), None, f"holds {matrix.size} values, expected {prompts} × "
-                        f"{dim}")
-    return Upload(round=rnd, matrix=matrix.reshape(prompts, dim), noise_std=std,
+                        f"{width}")
+    return Upload(round=rnd, matrix=matrix.reshape(prompts, width), noise_std=std,
                   clip=float(d["clip"]), detail=d)
 
 
@@ -143,6 +146,7 @@ def _dedupe(texts: list[str]) -> list[str]:
 
 def audit_round(run: RunFolder, client: str, rnd: int, embedder: Any, *, margin: float,
                 seed: int, inverter: InverterConfig) -> dict[str, Any] | None:
+    from privsem.confidence import weighted_rows
     from privsem.data import load_prompts
     from privsem.privacy.embedding import joint_clip
 
@@ -161,8 +165,22 @@ def audit_round(run: RunFolder, client: str, rnd: int, embedder: Any, *, margin:
     emb = embedder.encode(flat).astype(np.float64).reshape(len(prompts), k, -1)  # (P, k, d)
     mean = emb.mean(axis=1)
     rows = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)  # (P, d)
-    clean, _ = joint_clip(rows, upload.clip)
-    residual = upload.matrix - clean
+    d = rows.shape[1]
+    if upload.matrix.shape[1] == d + 1:
+        # a weighted upload [w·e, w]: rebuild it from the confidences the client kept; the
+        # attack works on what it sees of the embeddings, the rows w·e (plus noise)
+        conf_path = run.state(client) / f"confidence-{rnd}.json"
+        if not conf_path.is_file():
+            raise DataError(str(conf_path), None, "missing: the client's confidences of this "
+                            "round were not kept; run the federation again to audit its uploads")
+        w = np.asarray([float(x) for x in _read_texts(conf_path)], dtype=np.float64)
+        full, _ = joint_clip(weighted_rows(rows, w), upload.clip)
+        residual = upload.matrix - full
+        clean = full[:, :d]
+        upload = dataclasses.replace(upload, matrix=upload.matrix[:, :d])
+    else:
+        clean, _ = joint_clip(rows, upload.clip)
+        residual = upload.matrix - clean
     # the client's candidate nearest its (clean) row: the best text an attacker can recover
     nearest = np.argmax(np.einsum("pkd,pd->pk", emb, clean), axis=1)  # (P,)
     true = [flat[j * k + int(nearest[j])] for j in range(len(prompts))]

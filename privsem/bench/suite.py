@@ -64,16 +64,18 @@ class Size:
     data: dict[str, dict[str, int]] | None = None  # per task: the task writer's sizes
     federations: tuple[str, ...] = FEDERATIONS
     privacy: tuple[str, ...] = PRIVACY
+    tasks: tuple[str, ...] = TASKS
 
 
 QUICK = Size(True, ("tiny-llama", "tiny-gemma3"), rounds=2, epochs_per_round=1.0, candidates=2,
-             gen_tokens={"knowledge": 8, "instructions": 8},
-             eval_tokens={"knowledge": 8, "instructions": 8}, max_length=96, name="quick")
+             gen_tokens={"knowledge": 8, "instructions": 8, "overlap": 8},
+             eval_tokens={"knowledge": 8, "instructions": 8, "overlap": 8}, max_length=96,
+             name="quick")
 # Answers to the knowledge task are one sentence (about 12 tokens), to the instructions task two
 # or three (about 45); generation is the costliest phase on a CPU, so it gets what it needs.
 FULL = Size(False, ("smollm2-135m-instruct", "gemma3-270m"), rounds=3, epochs_per_round=2.0,
-            candidates=2, gen_tokens={"knowledge": 24, "instructions": 56},
-            eval_tokens={"knowledge": 24, "instructions": 56}, max_length=128)
+            candidates=2, gen_tokens={"knowledge": 24, "instructions": 56, "overlap": 24},
+            eval_tokens={"knowledge": 24, "instructions": 56, "overlap": 24}, max_length=128)
 # The probe: the full size's models, data and private-data budget (6 epochs), in 2 rounds
 # instead of 3, with fewer public prompts (instructions) and evaluation questions, one
 # architecture, no DP. It moves with the full grid's no-DP cells; it does not replace them.
@@ -83,7 +85,8 @@ PROBE = Size(False, FULL.models, rounds=2, epochs_per_round=3.0, candidates=2,
              data={"knowledge": {"entities_per_topic": 4, "eval_per_scope": 8},
                    "instructions": {"train_per_client": 16, "eval_per_scope": 4,
                                     "public_per_topic": 4}},
-             federations=("homogeneous",), privacy=("none",))
+             federations=("homogeneous",), privacy=("none",),
+             tasks=("knowledge", "instructions"))
 SIZES = {"quick": QUICK, "probe": PROBE, "full": FULL}
 
 
@@ -562,7 +565,7 @@ def run_cells(out: Path, size: Size, *, tasks: Sequence[str] = TASKS,
 
 
 def run_bench(out: Path, *, quick: bool = False, size_name: str | None = None,
-              tasks: Sequence[str] = TASKS, federations: Sequence[str] | None = None,
+              tasks: Sequence[str] | None = None, federations: Sequence[str] | None = None,
               privacy: Sequence[str] | None = None, micro: bool = True, resume: bool = False,
               ablations: Sequence[str] = (), only: Sequence[str] = (),
               progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -571,6 +574,7 @@ def run_bench(out: Path, *, quick: bool = False, size_name: str | None = None,
     from privsem.bench import comm
 
     size = SIZES[size_name or ("quick" if quick else "full")]
+    tasks = tuple(tasks or size.tasks)
     federations = tuple(federations or size.federations)
     privacy = tuple(privacy or size.privacy)
     out.mkdir(parents=True, exist_ok=True)

@@ -482,6 +482,8 @@ class Client:
         w = np.power(w, c.confidence_power)
         self._confidence = validate_confidence(w, prompts=P)
         self.log.confidence = [round(float(x), 4) for x in self._confidence]
+        if self.store and c.confidence != "none":
+            self.store.save_confidence(self.log.round, [float(x) for x in self._confidence])
 
     def answer_matrix(self) -> np.ndarray:
         """(P, d): per prompt, the normalised mean of the client's candidate embeddings."""

@@ -168,6 +168,11 @@ class ClientStore:
         atomic_write(self.root / f"release-{rnd}.safetensors",
                      lambda p: save_np({"release": arr}, str(p), metadata=meta), private=True)
 
+    def save_confidence(self, rnd: int, w: list[float]) -> None:
+        """The round's per-prompt confidences as released (before clip and noise; the
+        inversion audit rebuilds the clean upload from them)."""
+        write_json(self.root / f"confidence-{rnd}.json", w, private=True)
+
     def save_candidates(self, rnd: int, texts: list[list[str]]) -> None:
         """The round's candidates (client-local, like its labels; the inversion audit reads
         them)."""
