@@ -236,6 +236,8 @@ class GenerationConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     batch_size: int = 16
+    # the first candidate is the greedy answer (the model's likeliest), the others sampled
+    greedy_first: bool = True
 
     def __post_init__(self) -> None:
         _check(self.candidates >= 1, "candidates", self.candidates, "use an integer >= 1")

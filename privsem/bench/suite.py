@@ -132,6 +132,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-medoid": {"consensus": {"operator": "medoid"},
                         "aggregation": {"backend": "plaintext"}},
     "semantic-k4": {"generation": {"candidates": 4}},
+    "semantic-sampled": {"generation": {"greedy_first": False}},
     "semantic-local_selection": {"consensus": {"selection": "local"}},
 }
 

@@ -395,10 +395,18 @@ class Client:
     def _generate_candidates(self) -> None:
         g = self.cfg.generation
         convs = [(("user", p.text),) for p in self.prompts]
-        self._cand_texts = generate(
-            self.model, self.tokenizer, self.fmt, convs, k=g.candidates,
+        seed = self.rng.seed_for("generate", self.id, self.log.round)
+        greedy = g.greedy_first and g.candidates >= 2
+        sampled = generate(
+            self.model, self.tokenizer, self.fmt, convs, k=g.candidates - int(greedy),
             max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-            batch_size=g.batch_size, seed=self.rng.seed_for("generate", self.id, self.log.round))
+            batch_size=g.batch_size, seed=seed)
+        if greedy:
+            first = generate(self.model, self.tokenizer, self.fmt, convs, k=1,
+                             max_new_tokens=g.max_new_tokens, temperature=1.0, top_p=1.0,
+                             batch_size=g.batch_size, seed=seed, sample=False)
+            sampled = [f + s for f, s in zip(first, sampled, strict=True)]
+        self._cand_texts = sampled
         if self.store:  # client-local, like its pseudo-labels; read by the inversion audit
             self.store.save_candidates(self.log.round, self._cand_texts)
         flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
