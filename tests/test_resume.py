@@ -61,9 +61,9 @@ CRASH = textwrap.dedent("""
             return train(model, *a, **kw)
         C._crash_round, C._crash_client = [0], [""]
         orig = C.Client._train_private
-        def tp(self, r, plan):
+        def tp(self, r, plan, **kw):
             C._crash_round[0], C._crash_client[0] = r, self.id
-            return orig(self, r, plan)
+            return orig(self, r, plan, **kw)
         C.Client._train_private = tp
         C.train_dp_sgd = patched
     elif point == "server_after_uploads":    # every client uploaded; consensus not yet formed

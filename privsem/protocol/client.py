@@ -318,8 +318,9 @@ class Client:
                                 "make the plan from the data the client trains on")
         if self.store and self.store.has_adapter(checkpoint):
             self.store.load_adapter(self.model, checkpoint)
-            self.log.status.append(f"resumed: {mechanism} result of this round loaded from its "
-                                   "checkpoint (no new training, no new charge)")
+            self.log.status.append(f"resumed: {'final-phase ' if final else ''}DP-SGD result of "
+                                   "this round loaded from its checkpoint (no new training, no "
+                                   "new charge)")
             return
         earlier = self._charged(rnd, mechanism) if self.store else None
         if earlier is not None:
