@@ -103,11 +103,21 @@ def upload_dim(encoder_dim: int, confidence: str) -> int:
     return encoder_dim + (0 if confidence == "none" else 1)
 
 
-def accepts(own_nll: np.ndarray, label_nll: np.ndarray, w: np.ndarray, *, min_confidence: float,
+def knows(w: np.ndarray, total_w: np.ndarray, *, min_confidence: float,
+          share: float) -> np.ndarray:
+    """Prompts (P,) bool on which a client counts as the one who knows: its confidence is at
+    least ``min_confidence`` and at least ``share`` of the federation's Σw (its own included).
+
+    A share, not the federation's mean: a client whose confidence is high everywhere (its
+    adapter raises the likelihood of its own style on every prompt) is above the mean on
+    topics it does not know, and would refuse the experts' labels there."""
+    return (w >= min_confidence) & (w >= share * total_w)
+
+
+def accepts(own_nll: np.ndarray, label_nll: np.ndarray, confident: np.ndarray, *,
             margin: float) -> np.ndarray:
-    """Which pseudo-labels a client trains on (P,) bool: all but those of prompts where it is
-    itself confident (w ≥ ``min_confidence``) and its own model finds the label less likely
+    """Which pseudo-labels a client trains on (P,) bool: all but those of prompts where it
+    knows (``confident``, from :func:`knows`) and its own model finds the label less likely
     than its own candidates by more than ``margin`` nats per token (its answer disagrees)."""
-    confident = w >= min_confidence
     disagrees = (label_nll - own_nll) > margin
     return ~(confident & disagrees)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from privsem.confidence import (
     accepts,
+    knows,
     gain_confidence,
     likelihood_confidence,
     self_agreement_confidence,
@@ -210,10 +211,26 @@ def test_measures_are_in_the_unit_interval():
 def test_label_acceptance():
     own = np.array([0.3, 0.3, 0.3, 0.3])
     label = np.array([2.0, 0.5, 2.0, 0.5])  # prompts 0, 2: the label is far less likely
-    w = np.array([0.9, 0.9, 0.1, 0.1])
-    ok = accepts(own, label, w, min_confidence=0.5, margin=0.5)
+    confident = np.array([True, True, False, False])
+    ok = accepts(own, label, confident, margin=0.5)
     # refused only where confident and disagreeing
     assert ok.tolist() == [False, True, True, True]
+
+
+def test_who_knows_is_a_share_of_the_federations_confidence():
+    """The probe's round 1 (instructions): bob's confidence was high on every prompt, above the
+    federation's mean on recipes and planets too; as a share of Σw he knows travel only."""
+    alice = np.array([0.77, 0.26, 0.14, 0.79])  # recipes, travel, planets, recipes
+    bob = np.array([0.67, 0.88, 0.61, 0.76])
+    carol = np.array([0.58, 0.47, 0.64, 0.32])
+    total = alice + bob + carol
+    assert (bob >= total / 3).tolist() == [False, True, True, True]  # the mean: too many
+    assert knows(bob, total, min_confidence=0.2, share=0.5).tolist() == [False, True, False, False]
+    assert knows(alice, total, min_confidence=0.2, share=0.5).tolist() == [False] * 4
+    assert knows(alice, total, min_confidence=0.2, share=1 / 3).tolist() == [True, False, False,
+                                                                              True]
+    # the absolute floor: a share of nothing is not knowledge
+    assert not knows(np.array([0.1]), np.array([0.1]), min_confidence=0.2, share=0.5)[0]
 
 
 def test_client_state_is_private_and_non_finite_consensus_is_refused(tmp_path):

@@ -28,6 +28,7 @@ from privsem.aggregation.base import AggregationBackend, ClientAggregator, Clien
 from privsem.aggregation.masked.crypto import Identity
 from privsem.confidence import (
     accepts,
+    knows,
     gain_confidence,
     likelihood_confidence,
     self_agreement_confidence,
@@ -135,7 +136,7 @@ class Client:
         self._cand_emb: np.ndarray | None = None  # (P, k, d)
         self._cand_nll: np.ndarray | None = None  # (P, k) mean token NLL under the own model
         self._confidence: np.ndarray | None = None  # (P,) in [0, 1]
-        self._federation_weight: np.ndarray | None = None  # (P,) the consensus' mean confidence
+        self._federation_weight: np.ndarray | None = None  # (P,) the consensus' Σw (noisy)
         # the adapter after training phase 1 (private data only): what the client's own data
         # taught it, the reference of the ``gain`` confidence once labels are mixed in
         self._private_adapter: dict[str, torch.Tensor] | None = None
@@ -207,7 +208,8 @@ class Client:
             choice = [None if ch is None else int(likeliest[j]) for j, ch in enumerate(choice)]
         texts = [self._cand_texts[j][ch] if ch is not None else None
                  for j, ch in enumerate(choice)]
-        self._federation_weight = msg.weight.astype(np.float64)
+        # Σw per prompt: the broadcast mean times the number of contributors
+        self._federation_weight = msg.weight.astype(np.float64) * len(msg.contributors)
         if c.selection == "local":
             self._set_labels(texts)
             self.stage.advance(Stage.DONE)
@@ -631,22 +633,24 @@ class Client:
 
     def _set_labels(self, texts: list[str | None]) -> None:
         """Keeps the labels the client accepts (privsem.confidence.accepts): on a prompt where
-        it is confident, a label its own model finds much less likely than its own candidates
-        is refused, so an expert is never taught its own topic by clients that do not know it."""
+        it holds at least ``accept_share`` of the federation's confidence Σw (it is the one who
+        knows), a label its own model finds much less likely than its own candidates is
+        refused, so an expert is never taught its own topic by clients that do not know it."""
         c = self.cfg.consensus
         keep = [bool(t) for t in texts]
         if c.accept_labels and c.confidence != "none" and self._confidence is not None and any(
                 keep):
-            mean_w = (self._federation_weight if self._federation_weight is not None
-                      else np.zeros(len(texts)))
-            confident = [j for j, t in enumerate(texts)
-                         if t and self._confidence[j] >= max(c.accept_confidence, mean_w[j])]
+            total_w = (self._federation_weight if self._federation_weight is not None
+                       else np.zeros(len(texts)))
+            expert = knows(self._confidence, total_w, min_confidence=c.accept_confidence,
+                           share=c.accept_share) & np.array(keep)
+            confident = [int(j) for j in np.flatnonzero(expert)]
             if confident:
                 label_nll = np.full(len(texts), -np.inf)
                 sub = self._nll([[str(texts[j])] for j in confident], prompts=confident)
                 label_nll[confident] = sub[:, 0]
-                ok = accepts(self.own_nll().mean(axis=1), label_nll, self._confidence,
-                             min_confidence=c.accept_confidence, margin=c.accept_margin)
+                ok = accepts(self.own_nll().mean(axis=1), label_nll, expert,
+                             margin=c.accept_margin)
                 refused = [j for j in confident if not ok[j]]
                 for j in refused:
                     keep[j] = False
