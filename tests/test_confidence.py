@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from privsem.confidence import (
     accepts,
-    knows,
     gain_confidence,
+    knows,
     likelihood_confidence,
     self_agreement_confidence,
     upload_dim,

@@ -28,8 +28,8 @@ from privsem.aggregation.base import AggregationBackend, ClientAggregator, Clien
 from privsem.aggregation.masked.crypto import Identity
 from privsem.confidence import (
     accepts,
-    knows,
     gain_confidence,
+    knows,
     likelihood_confidence,
     self_agreement_confidence,
     upload_dim,

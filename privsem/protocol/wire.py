@@ -5,9 +5,13 @@ Rules for changing it:
   message type and version, scalar fields as JSON, and for every array and every ``bytes``
   value its dtype, shape and byte range in the body.
 - Decoding checks every length against the frame before touching it and against
-  :data:`MAX_MESSAGE_BYTES`, then checks every field against the dataclass's annotation
-  (``int`` is never a ``bool``, tuples hold only their declared item type). Anything else raises
-  :class:`~privsem.errors.MessageError`; nothing is ever executed from a frame.
+  :data:`MAX_MESSAGE_BYTES`; bounds the header's JSON before parsing it (nesting depth, by a
+  scan of the bytes: :data:`MAX_DEPTH`) and while parsing it (integer digits
+  :data:`MAX_INT_DIGITS`, no NaN or infinity), then every string (:data:`MAX_STRING_CHARS`) and
+  list (:data:`MAX_ITEMS`); refuses non-finite values in received arrays; then checks every field
+  against the dataclass's annotation (``int`` is never a ``bool``, tuples hold only their
+  declared item type). Every failure raises :class:`~privsem.errors.MessageError` (the fuzz test
+  ``tests/test_wire_fuzz.py`` holds this); nothing is ever executed from a frame.
 - Only the dtypes in :data:`DTYPES` travel; adding one is a format change (bump ``VERSION``).
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import types
 import typing
@@ -28,6 +33,10 @@ MAGIC = b"PSM\x01"
 VERSION = 3
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 16  # nesting of the header's JSON (a valid header needs at most 6)
+MAX_INT_DIGITS = 24  # a JSON integer in a header (u64 needs 20)
+MAX_STRING_CHARS = 1 << 20  # one string in a header (a pseudo-label, a nominated answer)
+MAX_ITEMS = 1 << 16  # one list or mapping in a header (prompts, cohort, byte ranges)
 DTYPES: dict[str, type[np.generic]] = {"<f4": np.float32, "<f8": np.float64,
                                        "<u4": np.uint32, "<u8": np.uint64}
 
@@ -120,6 +129,85 @@ def _check_type(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+_SYNTAX = bytes(b for b in range(256) if b not in b'[]{}"\\')
+
+
+def _depth_problem(data: bytes) -> str | None:
+    """Why the JSON text ``data`` nests deeper than :data:`MAX_DEPTH` (None if it does not),
+    found before any parser recurses: one linear scan of the brackets, quotes and backslashes
+    (everything else removed first, at C speed)."""
+    depth, in_string, escaped = 0, False, False
+    for b in data.translate(None, delete=_SYNTAX):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f"header nests deeper than {MAX_DEPTH} levels"
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return None
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise MessageError(f"decode: header integer of {len(text)} digits (at most "
+                           f"{MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MessageError(f"decode: header number {text[:32]!r} is not finite")
+    return value
+
+
+def _parse_constant(text: str) -> Any:
+    raise MessageError(f"decode: header holds {text}, which is not a number")
+
+
+def _check_sizes(value: Any, where: str) -> None:
+    """Every string and list of a parsed header within bounds and every string encodable
+    (JSON's ``\\ud800`` escape makes a lone surrogate, which is refused). The depth is already
+    bounded, so the recursion is too."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise MessageError(f"decode: a string of {len(value)} characters in {where} (at "
+                               f"most {MAX_STRING_CHARS})")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MessageError(f"decode: a string in {where} is not valid Unicode") from None
+    elif isinstance(value, (list, dict)):
+        if len(value) > MAX_ITEMS:
+            raise MessageError(f"decode: {len(value)} items in one list of {where} (at most "
+                               f"{MAX_ITEMS})")
+        for item in (value.items() if isinstance(value, dict) else value):
+            for part in (item if isinstance(value, dict) else (item,)):
+                _check_sizes(part, where)
+
+
+def _parse_header(data: bytes) -> Any:
+    problem = _depth_problem(data)
+    if problem:
+        raise MessageError(f"decode: {problem}")
+    try:
+        header = json.loads(data, parse_int=_parse_int, parse_float=_parse_float,
+                            parse_constant=_parse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MessageError(f"decode: header is not valid JSON ({e})") from None
+    _check_sizes(header, "header")
+    return header
+
+
 def decode(frame: bytes, registry: dict[str, Any], expected: Any = None) -> Any:
     """Parses and validates one frame against the message types in ``registry``."""
     if not isinstance(frame, (bytes, bytearray)):
@@ -131,10 +219,7 @@ def decode(frame: bytes, registry: dict[str, Any], expected: Any = None) -> Any:
     (hlen,) = struct.unpack("<I", frame[4:8])
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(frame):
         raise MessageError(f"decode: header length {hlen} exceeds the frame")
-    try:
-        header = json.loads(frame[8:8 + hlen])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MessageError(f"decode: header is not valid JSON ({e})") from None
+    header = _parse_header(bytes(frame[8:8 + hlen]))
     if not isinstance(header, dict) or header.get("version") != VERSION:
         got = header.get("version") if isinstance(header, dict) else None
         raise MessageError(f"decode: unsupported version {got!r} (this side speaks {VERSION})")
@@ -171,6 +256,9 @@ def decode(frame: bytes, registry: dict[str, Any], expected: Any = None) -> Any:
         if n != size * np.dtype(dt).itemsize:
             raise MessageError(f"decode {cls.TYPE}: array {name} size does not match its shape")
         raw[name] = np.frombuffer(body[off:off + n], dtype=dt).reshape(shape).copy()
+        if raw[name].dtype.kind == "f" and not np.all(np.isfinite(raw[name])):
+            raise MessageError(f"decode {cls.TYPE}: array {name} holds "
+                               f"{int(np.sum(~np.isfinite(raw[name])))} non-finite values")
         covered.append((off, n))
     for name, meta in blobs.items():
         if not isinstance(meta, dict) or not isinstance(meta.get("parts"), list):
