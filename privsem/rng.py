@@ -144,6 +144,14 @@ class SecureRandomness(Randomness):
         return secrets.randbits(64)
 
 
+def secret_bytes(n: int = 32) -> bytes:
+    """Key material and nonces (a ledger's MAC key, a run's nonce): always OS entropy, whatever
+    the run's randomness setting, so a seeded simulation never has guessable keys."""
+    if not 16 <= n <= 1024:
+        raise ValueError(f"secret_bytes: n must be in [16, 1024], got {n}")
+    return secrets.token_bytes(n)
+
+
 def make_randomness(kind: str, seed: int, *labels: object) -> Randomness:
     """``kind`` is ``"seeded"`` (simulation) or ``"os"`` (deployment)."""
     if kind == "seeded":

@@ -52,7 +52,7 @@ class Round:
 def make_round(backend: str = "masked", *, n: int = 5, prompts: int = 3, dim: int = 8,
                noise_multiplier: float = 0.0, clip: float = 2.0, rnd: int = 1,
                settings: Any = None, placement: str = "local",
-               seed: int = 0) -> Round:
+               seed: int = 0, run: str = "0" * 32) -> Round:
     be = get_backend(backend)
     ids = tuple(f"c{i:03d}" for i in range(n))
     if settings is None:
@@ -64,7 +64,8 @@ def make_round(backend: str = "masked", *, n: int = 5, prompts: int = 3, dim: in
     params = be.round_params(noise, cohort_size=n, length=prompts * dim, settings=settings,
                              public=public)
     full = {"aggregation": params}
-    spec = RoundSpec(round=rnd, session_id=session_id(rnd, ids, "h", full), cohort=ids,
+    spec = RoundSpec(round=rnd, run=run, session_id=session_id(rnd, ids, "h", full, run=run),
+                     cohort=ids,
                      prompt_ids=tuple(f"p{i}" for i in range(prompts)), prompt_set_hash="h",
                      dim=dim, params=full)
     identities = {c: Identity() for c in ids}

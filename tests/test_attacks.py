@@ -177,7 +177,8 @@ def _spec(fed, rnd, cohort):
     s = fed.server
     params = expected_params(fed.cfg, fed.plan, cohort_size=len(cohort), dim=s.dim,
                              public=s.public)
-    return encode(RoundSpec(round=rnd, session_id=session_id(rnd, cohort, s.prompt_hash, params),
+    return encode(RoundSpec(round=rnd, run=s.run,
+                            session_id=session_id(rnd, cohort, s.prompt_hash, params, run=s.run),
                             cohort=cohort, prompt_ids=tuple(p.id for p in s.prompts),
                             prompt_set_hash=s.prompt_hash, dim=s.upload_dim, params=params))
 

@@ -136,17 +136,81 @@ def test_T29_a_different_history_of_the_same_length_fails_closed(tmp_path):
 
 def test_T29_head_one_behind_after_a_crash_is_accepted_and_repaired(tmp_path):
     p = tmp_path / "l.jsonl"
-    led = _three(p)
     head = tmp_path / "l.jsonl.head"
+    led = Ledger(p)
+    _charge(led, 1)
+    after_first = head.read_text()
+    _charge(led, 2)
+    after_second = head.read_text()
+    _charge(led, 3)
     before = json.loads(head.read_text())
     # A crash after the append was fsync'd but before the head moved.
-    head.write_text(json.dumps({"seq": before["seq"] - 1, "hash": led.entries[-2].hash}))
+    head.write_text(after_second)
     again = Ledger(p)
     assert len(again.entries) == 3
     assert json.loads(head.read_text()) == before
     # Two entries beyond the head cannot come from one crash.
-    head.write_text(json.dumps({"seq": 0, "hash": led.entries[0].hash}))
+    head.write_text(after_first)
     with pytest.raises(LedgerCorrupted, match="beyond its head"):
+        Ledger(p)
+
+
+def test_cutting_the_last_entry_and_rehashing_is_refused(tmp_path):
+    """Issue 19: without the key, an attacker who removes the last entry and recomputes the
+    chain's head (sequence and hash of the new last entry) is refused; the key is 0600."""
+    p = tmp_path / "l.jsonl"
+    led = _three(p)
+    key = tmp_path / "l.jsonl.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:2]))
+    last = led.entries[1]
+    forged = {"seq": last.seq, "hash": last.hash, "mac": "0" * 64}
+    (tmp_path / "l.jsonl.head").write_text(json.dumps(forged))
+    with pytest.raises(LedgerCorrupted, match="MAC does not verify"):
+        Ledger(p)
+    # an unkeyed head (as before keyed heads) is refused, not accepted as a downgrade
+    (tmp_path / "l.jsonl.head").write_text(json.dumps({"seq": last.seq, "hash": last.hash}))
+    with pytest.raises(LedgerCorrupted, match="seq, hash and mac"):
+        Ledger(p)
+    # and so is deleting the key along with the head
+    key.unlink()
+    with pytest.raises(LedgerCorrupted, match="key.*missing|missing"):
+        Ledger(p)
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"[1, 2, 3]", "not an entry object"),
+    (b"42", "not an entry object"),
+    (b"null", "not an entry object"),
+    (b'{"seq": Infinity}', "not a number"),
+    (b"[" * 100_000 + b"]" * 100_000, "integrity check"),
+    (b'"' + b"x" * (300 * 1024) + b'"', "more than an entry holds"),
+    (b"\xff\xfe not utf-8", "integrity check"),
+])
+def test_malformed_lines_are_refused_naming_file_and_line(tmp_path, line, why):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    lines = p.read_bytes().splitlines(keepends=True)
+    p.write_bytes(lines[0] + line + b"\n" + b"".join(lines[2:]))
+    with pytest.raises(LedgerCorrupted, match=rf"l.jsonl:2: .*{why}"):
+        Ledger(p)
+
+
+@pytest.mark.parametrize("head", [
+    '{"seq": Infinity, "hash": "00", "mac": "00"}',
+    '{"seq": 1e400, "hash": "00", "mac": "00"}',
+    "[1, 2]",
+    '{"seq": true, "hash": "' + "0" * 64 + '", "mac": "' + "0" * 64 + '"}',
+    '{"seq": -1, "hash": "' + "0" * 64 + '", "mac": "' + "0" * 64 + '"}',
+    "\u0000",
+    "x" * 5000,
+])
+def test_malformed_heads_are_refused(tmp_path, head):
+    p = tmp_path / "l.jsonl"
+    _three(p)
+    (tmp_path / "l.jsonl.head").write_text(head)
+    with pytest.raises(LedgerCorrupted, match="l.jsonl.head: unreadable"):
         Ledger(p)
 
 

@@ -28,7 +28,7 @@ def test_round_trip():
     up = _upload()
     back = decode(encode(up), EmbeddingUpload)
     assert back.client == "a" and np.array_equal(back.matrix, up.matrix)
-    spec = RoundSpec(round=2, session_id="x", cohort=("a", "b"), prompt_ids=("p1",),
+    spec = RoundSpec(round=2, run="0" * 32, session_id="x", cohort=("a", "b"), prompt_ids=("p1",),
                      prompt_set_hash="h", dim=384, params={"clip": 1.0})
     assert decode(encode(spec)) == spec
     cb = ConsensusBroadcast(session_id="x", round=1, contributors=("a",),

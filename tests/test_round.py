@@ -213,9 +213,9 @@ def test_split_federation_matches_the_whole(tmp_path):
 
     identities = {c.id: Identity() for c in cfg.clients}
     registry = {cid: i.public for cid, i in identities.items()}
-    server = setup_server(cfg, registry=registry, progress=lambda s: None)
+    server = setup_server(cfg, registry=registry, progress=lambda s: None, run="ab" * 16)
     nodes = {c.id: setup_node(cfg, c.id, tmp_path / "nodes" / c.id, identity=identities[c.id],
-                              registry=registry, progress=lambda s: None)
+                              registry=registry, progress=lambda s: None, run="ab" * 16)
              for c in cfg.clients}
     assert not hasattr(server, "ledger") and not hasattr(server, "clients")
     net = InProcess({cid: ClientEndpoint(client) for cid, (client, _) in nodes.items()},
@@ -240,7 +240,7 @@ def test_deployment_parts_refuse_what_they_cannot_serve(tmp_path):
 
     cfg = load_config(preset="smoke", overrides=[*SMOKE, "aggregation.backend=ckks"])
     with pytest.raises(ConfigError, match="key holder"):
-        setup_server(cfg, registry={}, progress=lambda s: None)
+        setup_server(cfg, registry={}, progress=lambda s: None, run="ab" * 16)
     with pytest.raises(ConfigError, match="one of the configured clients"):
         setup_node(load_config(preset="smoke"), "mallory", tmp_path, identity=Identity(),
-                   registry={}, progress=lambda s: None)
+                   registry={}, progress=lambda s: None, run="ab" * 16)

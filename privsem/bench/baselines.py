@@ -226,7 +226,8 @@ def run_centralised(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> M
             prompt_hash=fed.server.prompt_hash, embedder=next(iter(fed.clients.values())).embedder,
             ledger=fed.ledger, plan=plan, backend=fed.server.backend,
             randomness=make_randomness(cfg.privacy.randomness, cfg.seed, "client", pid),
-            private_data=pooled, store=ClientStore(out / "state" / pid))
+            private_data=pooled, store=ClientStore(out / "state" / pid),
+            run=fed.server.run)
     rounds = []
     for rnd in range(1, cfg.rounds + 1):
         with _Clock() as clk:

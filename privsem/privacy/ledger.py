@@ -15,7 +15,14 @@ Rules for changing it:
   After every append, a head file (``ledger.jsonl.head``: sequence number and hash of the last
   entry, written atomically) records how far the ledger had come; a ledger shorter than its
   head, one that disagrees with it, a head without its ledger or a ledger of more than one
-  entry without its head fail closed (T29). The head may lag by the one entry whose append a
+  entry without its head fail closed (T29).
+- The head is keyed: it carries an HMAC-SHA256 of its sequence number and hash under a 256-bit
+  key made from OS entropy when the ledger is created, kept beside it (``ledger.jsonl.key``,
+  mode 0600, never in the ledger or a report). Cutting entries and re-hashing chain and head
+  needs the key; without it the forged head is refused. A ledger with entries whose key is
+  missing is refused too (a deleted key is not a downgrade to an unkeyed head).
+- Every line and the head are bounded in size and must be JSON objects of the right fields;
+  anything else is a :class:`~privsem.errors.LedgerCorrupted` naming file and line. The head may lag by the one entry whose append a
   crash interrupted. Rolling back both files together is not detectable from them alone: the
   clients' state journals (``privsem.protocol.state``) name the ledger entries they charged,
   and a resumed client checks them (a third file to roll back); a deployment keeps the head on
@@ -25,6 +32,7 @@ Rules for changing it:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -40,6 +48,10 @@ from privsem.privacy.analysis import epsilon, event_from_json, event_to_json
 
 UNITS = ("record", "client")
 GENESIS = "0" * 64
+MAX_LINE_BYTES = 256 * 1024  # one ledger entry (an event with its detail is a few KB)
+MAX_LEDGER_BYTES = 512 * 1024 * 1024
+KEY_BYTES = 32
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,16 @@ class LedgerEntry:
         return event_from_json(self.event)
 
 
+def _strict_json(text: str | bytes) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not a number")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _is_digest(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 64 and set(x) <= _HEX
+
+
 def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()
@@ -71,15 +93,58 @@ class Ledger:
     """An append-only, hash-chained JSONL ledger shared by the clients of one store."""
 
     def __init__(self, path: str | Path, *, accountant: str = "rdp",
-                 head: str | Path | None = None) -> None:
+                 head: str | Path | None = None, key: str | Path | None = None) -> None:
         self.path = Path(path)
         self.head = Path(head) if head is not None else self.path.with_name(
             self.path.name + ".head")
+        self.key_path = Path(key) if key is not None else self.path.with_name(
+            self.path.name + ".key")
         self.accountant = accountant
         self._entries: list[LedgerEntry] = []
         if self.path.exists():
             self._entries = self._load()
+        self._key = self._load_key()
         self._check_head()
+
+    def _load_key(self) -> bytes | None:
+        """The head's MAC key; made on first use of a new ledger. None: no entry yet and no key
+        (made with the first charge)."""
+        if not self.key_path.exists():
+            if self._entries or self.head.exists():
+                raise LedgerCorrupted(
+                    f"{self.key_path}: missing, but {self.path} has entries (or a head): the "
+                    "ledger's head cannot be authenticated, so the client must not participate "
+                    "(restore the key file from where the ledger came from)")
+            return None
+        try:
+            if self.key_path.stat().st_size > 4 * KEY_BYTES:
+                raise ValueError("larger than a key")
+            key = bytes.fromhex(self.key_path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise LedgerCorrupted(f"{self.key_path}: unreadable as a ledger key ({e}); the client "
+                                  "must not participate") from None
+        if len(key) != KEY_BYTES:
+            raise LedgerCorrupted(f"{self.key_path}: holds {len(key)} bytes, a ledger key has "
+                                  f"{KEY_BYTES}; the client must not participate")
+        return key
+
+    def _make_key(self) -> bytes:
+        from privsem.rng import secret_bytes
+
+        key = secret_bytes(KEY_BYTES)
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key.hex())
+            fh.flush()
+            os.fsync(fh.fileno())
+        return key
+
+    def _mac(self, seq: int, digest: str) -> str:
+        if self._key is None:
+            self._key = self._make_key()
+        return hmac.new(self._key, f"privsem/ledger/head/v1|{seq}|{digest}".encode(),
+                        hashlib.sha256).hexdigest()
 
     def _check_head(self) -> None:
         n = len(self._entries)
@@ -92,11 +157,22 @@ class Ledger:
                 self._write_head()  # a crash between the first append and its head
             return
         try:
-            h = json.loads(self.head.read_text(encoding="utf-8"))
-            seq, digest = int(h["seq"]), str(h["hash"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            if self.head.stat().st_size > 4096:
+                raise ValueError("larger than a head file")
+            h = _strict_json(self.head.read_text(encoding="utf-8"))
+            if not isinstance(h, dict) or set(h) != {"seq", "hash", "mac"}:
+                raise ValueError("not an object of seq, hash and mac")
+            seq, digest, mac = h["seq"], h["hash"], h["mac"]
+            if type(seq) is not int or seq < 0 or not _is_digest(digest) or not _is_digest(mac):
+                raise ValueError("seq must be an integer >= 0, hash and mac 64 hex digits")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
             raise LedgerCorrupted(f"{self.head}: unreadable ({e}); the client must not "
                                   "participate") from None
+        if self._key is None or not hmac.compare_digest(self._mac(seq, digest), mac):
+            raise LedgerCorrupted(f"{self.head}: its MAC does not verify under "
+                                  f"{self.key_path}: the head was not written by this ledger "
+                                  "(cut entries and a recomputed head, or another run's key); "
+                                  "the client must not participate")
         if not self.path.exists() or n <= seq:
             raise LedgerCorrupted(
                 f"{self.path}: holds {n} entries but its head records entry {seq}: the ledger "
@@ -115,7 +191,8 @@ class Ledger:
 
     def _write_head(self) -> None:
         last = self._entries[-1]
-        body = json.dumps({"seq": last.seq, "hash": last.hash}, sort_keys=True)
+        body = json.dumps({"seq": last.seq, "hash": last.hash,
+                           "mac": self._mac(last.seq, last.hash)}, sort_keys=True)
         tmp = self.head.with_name(f".{self.head.name}.tmp")
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write(body)
@@ -131,23 +208,36 @@ class Ledger:
     def _load(self) -> list[LedgerEntry]:
         entries: list[LedgerEntry] = []
         prev = GENESIS
-        raw = self.path.read_bytes()
+        try:
+            size = self.path.stat().st_size
+            if size > MAX_LEDGER_BYTES:
+                raise LedgerCorrupted(f"{self.path}: {size} bytes, more than a ledger may hold "
+                                      f"({MAX_LEDGER_BYTES}); the client must not participate")
+            raw = self.path.read_bytes()
+        except OSError as e:
+            raise LedgerCorrupted(f"{self.path}: unreadable ({e}); the client must not "
+                                  "participate") from None
         if raw and not raw.endswith(b"\n"):
             raise LedgerCorrupted(f"{self.path}: last line is truncated; refusing to continue "
                                   "(restore the ledger from a backup, never reset it)")
-        for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        for n, line in enumerate(raw.split(b"\n")[:-1] if raw else [], start=1):
             try:
-                d = json.loads(line)
+                if len(line) > MAX_LINE_BYTES:
+                    raise ValueError(f"{len(line)} bytes, more than an entry holds "
+                                     f"({MAX_LINE_BYTES})")
+                d = _strict_json(line.decode("utf-8"))
+                if not isinstance(d, dict):
+                    raise TypeError(f"a JSON {type(d).__name__}, not an entry object")
                 body = {k: v for k, v in d.items() if k != "hash"}
                 if d["prev"] != prev or _digest(body) != d["hash"] or d["seq"] != n - 1:
                     raise ValueError("hash chain broken")
-                e = LedgerEntry(**d)
-                e.dp_event()
-            except (ValueError, KeyError, TypeError) as exc:
+                entry = LedgerEntry(**d)
+                entry.dp_event()
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
                 raise LedgerCorrupted(f"{self.path}:{n}: entry fails its integrity check ({exc}); "
                                       "the client must not participate") from None
-            entries.append(e)
-            prev = e.hash
+            entries.append(entry)
+            prev = entry.hash
         return entries
 
     @property
@@ -176,6 +266,8 @@ class Ledger:
             raise BudgetExceeded(
                 f"client {client}: {mechanism} in round {round} would bring {unit}-level ε to "
                 f"{eps:.4g} > budget {budget:.4g} (δ={delta:g}); the release is refused")
+        if self._key is None:  # the key exists before the first entry does
+            self._key = self._make_key()
         prev = self._entries[-1].hash if self._entries else GENESIS
         body: dict[str, Any] = {"seq": len(self._entries), "client": client, "round": round, "unit": unit,
                 "mechanism": mechanism, "event": event_to_json(event), "delta": delta,

@@ -74,7 +74,7 @@ from privsem.protocol.messages import (
     decode,
     encode,
 )
-from privsem.protocol.session import expected_params, session_id
+from privsem.protocol.session import check_run_nonce, expected_params, session_id
 from privsem.protocol.state import ClientStore, params_digest
 from privsem.rng import Randomness
 
@@ -103,7 +103,8 @@ class Client:
                  identity: Identity | None = None, registry: Mapping[str, bytes] | None = None,
                  public: Mapping[str, bytes] | None = None,
                  private_data: list[Example] | None = None,
-                 store: ClientStore | None = None) -> None:
+                 store: ClientStore | None = None, run: str) -> None:
+        self.run = check_run_nonce(run, f"client {ccfg.id}")
         self.cfg, self.ccfg, self.id = cfg, ccfg, ccfg.id
         self.prompts, self.prompt_hash = prompts, prompt_hash
         self.embedder, self.ledger, self.plan = embedder, ledger, plan
@@ -272,6 +273,11 @@ class Client:
         except ValueError as e:
             raise ProtocolAbort(f"client {self.id}: cannot take part in a round of "
                                 f"{len(spec.cohort)} clients ({e})") from None
+        if spec.run != self.run:
+            raise ProtocolAbort(f"client {self.id}: round {spec.round} is announced for another "
+                                f"run (nonce {spec.run[:12]}…, this run's {self.run[:12]}…): a "
+                                "frame of another run or of an earlier incarnation of this one; "
+                                "refused")
         if self.id not in spec.cohort:
             raise ProtocolAbort(f"client {self.id}: not in the round's cohort")
         if spec.round <= self._last_round:
@@ -290,7 +296,7 @@ class Client:
                                 f"the client's {width} (encoder dim {self.embedder.dim}, "
                                 f"confidence {self.cfg.consensus.confidence!r})")
         if spec.session_id != session_id(spec.round, spec.cohort, spec.prompt_set_hash,
-                                          spec.params):
+                                          spec.params, run=spec.run):
             raise ProtocolAbort(f"client {self.id}: session id does not bind the round's "
                                 "contents")
 

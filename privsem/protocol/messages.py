@@ -69,10 +69,13 @@ class StageMachine:
 
 @dataclass(frozen=True)
 class RoundSpec:
-    """Server → clients: what this round is. ``session_id`` binds round, cohort, prompts, params."""
+    """Server → clients: what this round is. ``session_id`` binds the run's nonce, round,
+    cohort, prompts and params; ``run`` is the nonce of this run (chosen at set-up, new for every
+    incarnation of a resumed run), so that no frame of one run is accepted in another."""
 
     TYPE: ClassVar[str] = "round_spec"
     round: int
+    run: str
     session_id: str
     cohort: tuple[str, ...]
     prompt_ids: tuple[str, ...]

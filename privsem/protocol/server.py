@@ -31,7 +31,7 @@ from privsem.protocol.messages import (
     decode,
     encode,
 )
-from privsem.protocol.session import expected_params, session_id
+from privsem.protocol.session import check_run_nonce, expected_params, session_id
 
 
 class Server:
@@ -39,7 +39,8 @@ class Server:
                  dim: int, plan: PrivacyPlan, backend: AggregationBackend,
                  registry: Mapping[str, bytes] | None = None,
                  public: Mapping[str, bytes] | None = None,
-                 embedder: Embedder | None = None) -> None:
+                 embedder: Embedder | None = None, run: str) -> None:
+        self.run = check_run_nonce(run, "server")
         self.cfg, self.prompts, self.prompt_hash = cfg, prompts, prompt_hash
         self.dim, self.plan, self.backend, self.embedder = dim, plan, backend, embedder
         self.registry = dict(registry or {})
@@ -59,8 +60,9 @@ class Server:
     def open_round(self, rnd: int, cohort: tuple[str, ...]) -> bytes:
         params = expected_params(self.cfg, self.plan, cohort_size=len(cohort), dim=self.dim,
                                  public=self.public)
-        self.spec = RoundSpec(round=rnd, session_id=session_id(rnd, cohort, self.prompt_hash,
-                                                               params),
+        self.spec = RoundSpec(round=rnd, run=self.run,
+                              session_id=session_id(rnd, cohort, self.prompt_hash, params,
+                                                    run=self.run),
                               cohort=cohort, prompt_ids=tuple(p.id for p in self.prompts),
                               prompt_set_hash=self.prompt_hash,
                               dim=self.upload_dim, params=params)

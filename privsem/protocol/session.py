@@ -36,8 +36,29 @@ def expected_params(cfg: RunConfig, plan: PrivacyPlan, *, cohort_size: int, dim:
     }
 
 
-def session_id(rnd: int, cohort: Sequence[str], prompt_hash: str, params: dict[str, Any]) -> str:
-    """SHA-256 binding the round number, cohort, prompt set and parameters."""
-    body = json.dumps({"round": rnd, "cohort": list(cohort), "prompts": prompt_hash,
+def session_id(rnd: int, cohort: Sequence[str], prompt_hash: str, params: dict[str, Any], *,
+               run: str) -> str:
+    """SHA-256 binding the run's nonce, the round number, cohort, prompt set and parameters.
+    Every later message of the round carries it (and the masked back-end's keys, shares and
+    signatures are derived from or bound to it), so nothing of another run is accepted."""
+    body = json.dumps({"run": run, "round": rnd, "cohort": list(cohort), "prompts": prompt_hash,
                        "params": params}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(b"privsem/session/v1" + body.encode()).hexdigest()
+    return hashlib.sha256(b"privsem/session/v2" + body.encode()).hexdigest()
+
+
+RUN_NONCE_HEX = frozenset("0123456789abcdef")
+
+
+def new_run_nonce() -> str:
+    """A fresh run nonce: 128 bits of OS entropy, hex."""
+    from privsem.rng import secret_bytes
+
+    return secret_bytes(16).hex()
+
+
+def check_run_nonce(run: Any, who: str) -> str:
+    """``run`` if it is a nonce (16 to 64 lowercase hex digits); raises ValueError otherwise."""
+    if not (isinstance(run, str) and 16 <= len(run) <= 64 and set(run) <= RUN_NONCE_HEX):
+        raise ValueError(f"{who}: the run nonce must be 16 to 64 lowercase hex digits, got "
+                         f"{str(run)[:80]!r}")
+    return run

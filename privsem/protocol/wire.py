@@ -30,7 +30,7 @@ import numpy as np
 from privsem.errors import MessageError
 
 MAGIC = b"PSM\x01"
-VERSION = 3
+VERSION = 4
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 16  # nesting of the header's JSON (a valid header needs at most 6)

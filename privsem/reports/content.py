@@ -220,8 +220,8 @@ def spent(data: RunData) -> list[Block]:
     head = f", head `{data.ledger_head[:16]}…`" if data.ledger_head else ""
     out: list[Block] = [
         Heading(2, "Privacy: what was spent", "spent"),
-        Paragraph(f"From `ledger.jsonl`: {n} entries, hash chain verified{head}. ε after each "
-                  f"round is recomputed here from the ledger's `dp_accounting` events of each "
+        Paragraph(f"From `ledger.jsonl`: {n} entries, hash chain and keyed head verified"
+                  f"{head}. ε after each round is recomputed here from the ledger's `dp_accounting` events of each "
                   f"client and unit ({acc} accountant), not copied from the metrics. The ledger "
                   "charges every release before it leaves the client.")]
     last = data.last_round

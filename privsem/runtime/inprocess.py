@@ -34,7 +34,7 @@ from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
 from privsem.protocol.client import Client, RoundLog
 from privsem.protocol.server import Server
-from privsem.protocol.session import expected_params
+from privsem.protocol.session import expected_params, new_run_nonce
 from privsem.protocol.state import ClientStore, read_json, write_json, write_text_atomic
 from privsem.rng import derive_seed, make_randomness
 from privsem.runtime.parties import ClientEndpoint, Endpoint, HelperEndpoint, InProcess, Transport
@@ -121,19 +121,19 @@ def common(cfg: RunConfig, progress: Progress) -> Common:
 
 
 def make_server(cfg: RunConfig, c: Common, plan: PrivacyPlan, *, registry: Mapping[str, bytes],
-                public: Mapping[str, bytes]) -> Server:
+                public: Mapping[str, bytes], run: str) -> Server:
     # Fail before any training if the back-end cannot serve this cohort (e.g. modulus too
     # small for the number of clients).
     expected_params(cfg, plan, cohort_size=len(cfg.clients), dim=c.embedder.dim, public=public)
     return Server(cfg, prompts=c.prompts, prompt_hash=c.prompt_hash, dim=c.embedder.dim,
                   plan=plan, backend=c.backend, registry=dict(registry), public=public,
-                  embedder=c.embedder)
+                  embedder=c.embedder, run=run)
 
 
 def make_client(cfg: RunConfig, ccfg: ClientConfig, c: Common, plan: PrivacyPlan, *,
                 ledger: Ledger, store: ClientStore, identity: Identity,
                 registry: Mapping[str, bytes], public: Mapping[str, bytes],
-                private: list[Example], resumes: int) -> Client:
+                private: list[Example], resumes: int, run: str) -> Client:
     return Client(cfg, ccfg, prompts=c.prompts, prompt_hash=c.prompt_hash, embedder=c.embedder,
                   ledger=ledger, plan=plan, backend=c.backend,
                   # seeded streams restart on resume: a new label per resume keeps them from
@@ -142,7 +142,7 @@ def make_client(cfg: RunConfig, ccfg: ClientConfig, c: Common, plan: PrivacyPlan
                                              ccfg.id,
                                              *(("resume", resumes) if resumes else ())),
                   identity=identity, registry=registry, public=public, private_data=private,
-                  store=store)
+                  store=store, run=run)
 
 
 def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) -> Federation:
@@ -171,7 +171,10 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
                                   settings=cfg.aggregation.settings(),
                                   randomness=make_randomness(cfg.privacy.randomness, cfg.seed,
                                                              "helpers", *resumed))
-    server = make_server(cfg, c, plan, registry=registry, public=parties.public)
+    # This incarnation's nonce: every round's session id binds it, so no frame of another run
+    # (or of this run before a resume) is accepted.
+    run = new_run_nonce()
+    server = make_server(cfg, c, plan, registry=registry, public=parties.public, run=run)
     clients = {}
     for cc in cfg.clients:
         progress(f"loading {cc.id}: {cc.model.name}")
@@ -179,11 +182,12 @@ def setup(cfg: RunConfig, out: Path, progress: Progress, *, resumes: int = 0) ->
                                      store=ClientStore(out / "state" / cc.id),
                                      identity=identities[cc.id], registry=registry,
                                      public=parties.public, private=private[cc.id],
-                                     resumes=resumes)
+                                     resumes=resumes, run=run)
     return Federation(cfg, out, server, clients, ledger, plan, dict(parties.helpers))
 
 
-def setup_server(cfg: RunConfig, *, registry: Mapping[str, bytes], progress: Progress) -> Server:
+def setup_server(cfg: RunConfig, *, registry: Mapping[str, bytes], progress: Progress,
+                 run: str) -> Server:
     """The server alone, as in a deployment: no client, no private data, no ledger. Its plan
     holds only what every party derives from the configuration (clip, client-level noise)."""
     if _has_helpers(cfg):
@@ -192,11 +196,11 @@ def setup_server(cfg: RunConfig, *, registry: Mapping[str, bytes], progress: Pro
                           "holder) on a node of its own, which is not built yet; use masked")
     c = common(cfg, progress)
     plan = make_plan(cfg, {}, len(c.prompts))
-    return make_server(cfg, c, plan, registry=registry, public={})
+    return make_server(cfg, c, plan, registry=registry, public={}, run=run)
 
 
 def setup_node(cfg: RunConfig, client_id: str, folder: Path, *, identity: Identity,
-               registry: Mapping[str, bytes], progress: Progress,
+               registry: Mapping[str, bytes], progress: Progress, run: str,
                resumes: int = 0) -> tuple[Client, Ledger]:
     """One client alone, as on its own node in a deployment: its private data, its plan, and
     its own ledger and state under ``folder`` (nothing of it is shared with other parties)."""
@@ -217,7 +221,7 @@ def setup_node(cfg: RunConfig, client_id: str, folder: Path, *, identity: Identi
     ledger = Ledger(folder / "ledger.jsonl", accountant=cfg.privacy.accountant)
     client = make_client(cfg, ccfg, c, plan, ledger=ledger, store=ClientStore(folder / "state"),
                          identity=identity, registry=registry, public={},
-                         private=private[client_id], resumes=resumes)
+                         private=private[client_id], resumes=resumes, run=run)
     return client, ledger
 
 
@@ -416,8 +420,8 @@ def _progress_file(out: Path) -> Path:
 
 def in_use(out: Path) -> bool:
     """Whether ``out`` already holds (part of) a run."""
-    return any((out / n).exists() for n in ("ledger.jsonl", "ledger.jsonl.head", "state",
-                                            "metrics.jsonl"))
+    return any((out / n).exists() for n in ("ledger.jsonl", "ledger.jsonl.head",
+                                            "ledger.jsonl.key", "state", "metrics.jsonl"))
 
 
 def _metrics_up_to(out: Path, completed: int) -> None:

@@ -129,7 +129,7 @@ def node_main(deployment: Path, client_id: str, *, superlink: str, port: int) ->
     client, ledger = setup_node(cfg, client_id, folder,
                                 identity=read_identity(folder / "identity.key"),
                                 registry=read_registry(deployment / "registry.json"),
-                                progress=log)
+                                progress=log, run=deployment_id(deployment))
     endpoint = NodeEndpoint(client, ledger, folder)
     if cfg.evaluation.enabled and cfg.evaluation.before_training:
         endpoint.record(0)
@@ -173,7 +173,9 @@ def server_main(grid: Any, context: Any) -> None:
     log = _log(out)
     fc = cfg.flower
     run_id = deployment_id(folder)
-    server = setup_server(cfg, registry=registry, progress=log)
+    # the deployment's id is the run nonce of its rounds (every node derives it from the same
+    # shared files); see docs/security.md for what it does and does not separate
+    server = setup_server(cfg, registry=registry, progress=log, run=run_id)
     cohort = tuple(c.id for c in cfg.clients)
     nodes = wait_for_nodes(grid, len(cohort), timeout=fc.connect_timeout)
     where = discover(grid, nodes, cohort, run=run_id, timeout=fc.connect_timeout)
