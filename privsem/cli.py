@@ -39,10 +39,31 @@ def _run(args: argparse.Namespace) -> int:
         preset = args.preset if (args.preset or args.config) else "demo"
         cfg = load_config(args.config, preset=None if args.config else preset,
                           overrides=args.set or [])
-        out = Path(args.out) if args.out else _new_run_folder(cfg.name)
+        out = _checked_out(args.out) if args.out else _new_run_folder(cfg.name)
         run(cfg, out, show_progress=not args.quiet)
     _print_run_folder(out)
     return 0
+
+
+def _checked_out(value: str) -> Path:
+    """``--out`` as a folder privsem can make or use, refused before anything is created: not
+    an existing file, and under a folder this user may write to."""
+    from privsem.errors import ConfigError
+
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", value, "it names an existing file; give a folder (new, or "
+                          "one to continue with --resume)")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError("--out", value, f"{parent} is a file, so no folder can be made under "
+                          "it; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("--out", value, f"{parent} is not writable by this user; choose "
+                          "another --out")
+    return out
 
 
 def _new_run_folder(name: str) -> Path:
@@ -90,7 +111,7 @@ def _simulate(args: argparse.Namespace) -> int:
         parts, value = parse_override(item)
         run_config[".".join(parts)] = value
     cfg = from_run_config(run_config)
-    out = Path(args.out) if args.out else _new_run_folder(f"{cfg.name}-flower")
+    out = _checked_out(args.out) if args.out else _new_run_folder(f"{cfg.name}-flower")
     simulate(cfg, out, show_progress=not args.quiet)
     _print_run_folder(out)
     return 0
@@ -235,7 +256,7 @@ def _bench(args: argparse.Namespace) -> int:
                   "without --resume and with --out to start one", file=sys.stderr)
             return 2
     elif args.out:
-        out = Path(args.out)
+        out = _checked_out(args.out)
         if out.exists() and any(out.iterdir()):
             print(f"{out}: not empty; a benchmark folder is never overwritten, choose another "
                   "--out, or continue it with --resume", file=sys.stderr)
@@ -314,7 +335,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from privsem.runtime.flower.deploy import trial
 
     cfg = _deploy_config(args)
-    out = Path(args.out) if args.out else _new_run_folder(f"{cfg.name}-deploy")
+    out = _checked_out(args.out) if args.out else _new_run_folder(f"{cfg.name}-deploy")
     if _reused(out):
         return 2
     kill = None if args.no_kill else (args.kill or cfg.clients[-1].id)
@@ -328,7 +349,7 @@ def _deploy_init(args: argparse.Namespace) -> int:
     from privsem.runtime.flower.deploy import prepare
 
     cfg = _deploy_config(args)
-    out = Path(args.out)
+    out = _checked_out(args.out)
     if _reused(out):
         return 2
     for name, path in prepare(cfg, out, hosts=tuple(args.host)).items():
@@ -445,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except PrivsemError as e:
         print(f"privsem: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder or file the operating system refused (permissions, space)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"privsem: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -28,6 +29,8 @@ import yaml
 from privsem.errors import ConfigError
 
 PRESETS = ("demo", "smoke", "audit")
+# A client id names files, folders and Flower node settings: short, ASCII, no path syntax.
+CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 AGGREGATION_BACKENDS = ("masked", "ckks", "plaintext")
 NOISE_PLACEMENTS = ("local", "distributed")
 CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
@@ -93,8 +96,10 @@ class ClientConfig:
     eval: str | None = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.id) and self.id.replace("-", "").replace("_", "").isalnum(), "id",
-               self.id, "use letters, digits, '-' and '_' only")
+        _check(isinstance(self.id, str) and CLIENT_ID.fullmatch(self.id) is not None, "id",
+               self.id if len(str(self.id)) <= 80 else f"{str(self.id)[:80]}…",
+               "use 1 to 63 ASCII letters, digits, '-' and '_', starting with a letter or "
+               "digit (it names files and folders)")
         _check(bool(self.train), "train", self.train, "give the path of a JSONL file")
 
 
@@ -655,20 +660,60 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
         raise ConfigError(".".join(parts[:-1]), node, "this field has no sub-fields")
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_DEPTH = 24
+MAX_CONFIG_NODES = 100_000
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Why a parsed configuration is not one (None if it is): nested deeper than
+    MAX_CONFIG_DEPTH, or more than MAX_CONFIG_NODES values (YAML aliases can make a small file
+    expand without bound)."""
+    stack, seen = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            return f"it expands to more than {MAX_CONFIG_NODES} values"
+        if depth > MAX_CONFIG_DEPTH:
+            return f"it nests deeper than {MAX_CONFIG_DEPTH} levels"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("CONFIG", str(p), "give the path of an existing .yaml, .yml or .toml file")
-    text = p.read_text(encoding="utf-8")
+    if p.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError("CONFIG", str(p), "use a .yaml, .yml or .toml file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError("CONFIG", str(p), f"{size} bytes; a configuration is at most "
+                              f"{MAX_CONFIG_BYTES} (data belongs in JSONL files it names)")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("CONFIG", str(p), f"not UTF-8 (byte {e.start}); save the file as "
+                          "UTF-8") from None
+    except OSError as e:
+        raise ConfigError("CONFIG", str(p), f"cannot be read ({e.strerror})") from None
     try:
         if p.suffix == ".toml":
             data: Any = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
         else:
-            raise ConfigError("CONFIG", str(p), "use a .yaml, .yml or .toml file")
+            data = yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ConfigError("CONFIG", str(p), f"the file does not parse: {e}") from None
+    except RecursionError:
+        raise ConfigError("CONFIG", str(p), "the file nests too deeply to be a "
+                          "configuration") from None
+    problem = _shape_problem(data)
+    if problem:
+        raise ConfigError("CONFIG", str(p), f"not a configuration: {problem}")
     if not isinstance(data, dict):
         raise ConfigError("CONFIG", str(p), "the file must hold a mapping of fields")
     base = p.parent.resolve()

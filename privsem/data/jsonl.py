@@ -9,6 +9,10 @@ Evaluation files add ``"scope": "own" | "other"`` (default ``own``) and an optio
 a short string a correct answer contains. Public prompt files hold ``{"id": ..., "prompt": ...}``
 (``id`` optional). Every malformed line raises :class:`~privsem.errors.DataError` naming the file
 and line; nothing is skipped silently.
+
+Files are read within bounds: at most :data:`MAX_FILE_BYTES` a file and :data:`MAX_LINE_BYTES` a
+line (a longer line is refused after reading that much of it, never read whole), UTF-8 only,
+JSON nested at most :data:`MAX_DEPTH` deep (:mod:`privsem.bounded_json`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privsem import bounded_json
 from privsem.errors import DataError
 
+MAX_FILE_BYTES = 2 * 1024 ** 3
+MAX_LINE_BYTES = 4 * 1024 * 1024  # one example; the longest real ones are a few tens of KB
+MAX_DEPTH = 32
 ROLES = ("system", "user", "assistant")
 
 
@@ -63,14 +71,33 @@ def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     file and line for a missing file, invalid JSON or a line that is not an object."""
     if not path.is_file():
         raise DataError(str(path), None, "file not found")
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
+    try:
+        size = path.stat().st_size
+        fh = path.open("rb")
+    except OSError as e:
+        raise DataError(str(path), None, f"cannot be read ({e.strerror})") from None
+    if size > MAX_FILE_BYTES:
+        fh.close()
+        raise DataError(str(path), None, f"{size} bytes, more than a data file may hold "
+                        f"({MAX_FILE_BYTES}); split it")
+    with fh:
+        lineno = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(str(path), lineno, f"longer than {MAX_LINE_BYTES} bytes; one "
+                                "example a line, each at most that long")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), lineno, f"not UTF-8 (byte {e.start} of the line); "
+                                "save the file as UTF-8") from None
+            if not text.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, f"not valid JSON ({e.msg})") from None
+                obj = bounded_json.loads(raw, max_depth=MAX_DEPTH)
+            except bounded_json.JSONBoundError as e:
+                raise DataError(str(path), lineno, f"not valid JSON ({e})") from None
             if not isinstance(obj, dict):
                 raise DataError(str(path), lineno, "each line must be a JSON object")
             yield lineno, obj

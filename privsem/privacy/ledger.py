@@ -43,6 +43,7 @@ from typing import Any
 
 from dp_accounting import dp_event as ev
 
+from privsem import bounded_json
 from privsem.errors import BudgetExceeded, LedgerCorrupted
 from privsem.privacy.analysis import epsilon, event_from_json, event_to_json
 
@@ -51,6 +52,7 @@ GENESIS = "0" * 64
 MAX_LINE_BYTES = 256 * 1024  # one ledger entry (an event with its detail is a few KB)
 MAX_LEDGER_BYTES = 512 * 1024 * 1024
 KEY_BYTES = 32
+MAX_DEPTH = 16  # an entry's JSON: its event nests a few levels
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -72,12 +74,6 @@ class LedgerEntry:
 
     def dp_event(self) -> ev.DpEvent:
         return event_from_json(self.event)
-
-
-def _strict_json(text: str | bytes) -> Any:
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not a number")
-    return json.loads(text, parse_constant=refuse)
 
 
 def _is_digest(x: Any) -> bool:
@@ -159,7 +155,7 @@ class Ledger:
         try:
             if self.head.stat().st_size > 4096:
                 raise ValueError("larger than a head file")
-            h = _strict_json(self.head.read_text(encoding="utf-8"))
+            h = bounded_json.loads(self.head.read_bytes(), max_depth=2)
             if not isinstance(h, dict) or set(h) != {"seq", "hash", "mac"}:
                 raise ValueError("not an object of seq, hash and mac")
             seq, digest, mac = h["seq"], h["hash"], h["mac"]
@@ -225,7 +221,7 @@ class Ledger:
                 if len(line) > MAX_LINE_BYTES:
                     raise ValueError(f"{len(line)} bytes, more than an entry holds "
                                      f"({MAX_LINE_BYTES})")
-                d = _strict_json(line.decode("utf-8"))
+                d = bounded_json.loads(line, max_depth=MAX_DEPTH)
                 if not isinstance(d, dict):
                     raise TypeError(f"a JSON {type(d).__name__}, not an entry object")
                 body = {k: v for k, v in d.items() if k != "hash"}
@@ -233,7 +229,7 @@ class Ledger:
                     raise ValueError("hash chain broken")
                 entry = LedgerEntry(**d)
                 entry.dp_event()
-            except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            except (ValueError, KeyError, TypeError, OverflowError) as exc:
                 raise LedgerCorrupted(f"{self.path}:{n}: entry fails its integrity check ({exc}); "
                                       "the client must not participate") from None
             entries.append(entry)

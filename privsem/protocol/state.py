@@ -74,9 +74,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+MAX_STATE_JSON_BYTES = 64 * 1024 * 1024
+
+
 def read_json(path: Path) -> Any:
+    """A JSON file of a client's or run's state, bounded in size and depth; StateCorrupted
+    naming the file for anything unreadable."""
+    from privsem import bounded_json
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_STATE_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_JSON_BYTES} bytes")
+        return bounded_json.loads(path.read_bytes(), max_depth=32)
     except (OSError, ValueError) as e:
         raise StateCorrupted(f"{path}: cannot be read ({e}); restore it from a backup or start "
                              "a new run folder (the ledger stays as it is)") from None

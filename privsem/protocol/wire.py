@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import struct
 import types
 import typing
@@ -27,6 +26,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from privsem import bounded_json
 from privsem.errors import MessageError
 
 MAGIC = b"PSM\x01"
@@ -129,51 +129,6 @@ def _check_type(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-_SYNTAX = bytes(b for b in range(256) if b not in b'[]{}"\\')
-
-
-def _depth_problem(data: bytes) -> str | None:
-    """Why the JSON text ``data`` nests deeper than :data:`MAX_DEPTH` (None if it does not),
-    found before any parser recurses: one linear scan of the brackets, quotes and backslashes
-    (everything else removed first, at C speed)."""
-    depth, in_string, escaped = 0, False, False
-    for b in data.translate(None, delete=_SYNTAX):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif b == 0x5C:  # backslash
-                escaped = True
-            elif b == 0x22:  # quote
-                in_string = False
-        elif b == 0x22:
-            in_string = True
-        elif b in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > MAX_DEPTH:
-                return f"header nests deeper than {MAX_DEPTH} levels"
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return None
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise MessageError(f"decode: header integer of {len(text)} digits (at most "
-                           f"{MAX_INT_DIGITS})")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise MessageError(f"decode: header number {text[:32]!r} is not finite")
-    return value
-
-
-def _parse_constant(text: str) -> Any:
-    raise MessageError(f"decode: header holds {text}, which is not a number")
-
-
 def _check_sizes(value: Any, where: str) -> None:
     """Every string and list of a parsed header within bounds and every string encodable
     (JSON's ``\\ud800`` escape makes a lone surrogate, which is refused). The depth is already
@@ -196,14 +151,10 @@ def _check_sizes(value: Any, where: str) -> None:
 
 
 def _parse_header(data: bytes) -> Any:
-    problem = _depth_problem(data)
-    if problem:
-        raise MessageError(f"decode: {problem}")
     try:
-        header = json.loads(data, parse_int=_parse_int, parse_float=_parse_float,
-                            parse_constant=_parse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MessageError(f"decode: header is not valid JSON ({e})") from None
+        header = bounded_json.loads(data, max_depth=MAX_DEPTH, max_int_digits=MAX_INT_DIGITS)
+    except bounded_json.JSONBoundError as e:
+        raise MessageError(f"decode: header {e}") from None
     _check_sizes(header, "header")
     return header
 

@@ -26,9 +26,9 @@ from privsem.aggregation.masked.crypto import Identity
 from privsem.audits.planting import plant_for_run
 from privsem.confidence import upload_dim
 from privsem.config import ClientConfig, RunConfig, dump_yaml
-from privsem.data import Example, PublicPrompt, load_examples, load_prompts
+from privsem.data import Example, PublicPrompt, load_eval, load_examples, load_prompts
 from privsem.data import prompt_set_hash as prompt_hash_of
-from privsem.errors import ConfigError, RunFolderInUse
+from privsem.errors import ConfigError, RunFolderInUse, StateCorrupted
 from privsem.models.embedder import Embedder
 from privsem.privacy.ledger import Ledger
 from privsem.privacy.plan import PrivacyPlan, make_plan
@@ -414,6 +414,16 @@ def evaluate_all(fed: Federation, rnd: int, traffic: Traffic,
     return rows
 
 
+def preflight_data(cfg: RunConfig) -> None:
+    """Reads every data file the run names (prompts, each client's training and evaluation
+    files), raising DataError for the first bad one, before anything is created."""
+    load_prompts(cfg.prompts)
+    for cc in cfg.clients:
+        load_examples(cc.train)
+        if cc.eval is not None:
+            load_eval(cc.eval)
+
+
 def _progress_file(out: Path) -> Path:
     return out / "state" / "run.json"
 
@@ -523,13 +533,21 @@ def open_run(cfg: RunConfig, out: str | Path, *, show_progress: bool = True,
             raise RunFolderInUse(f"{out}: nothing to resume (no {progress_file}); start a run "
                                  "with `privsem run --out` a new folder")
         state = read_json(progress_file)
-        completed, resumes = int(state["completed"]), int(state["resumes"]) + 1
+        if not (isinstance(state, dict) and type(state.get("completed")) is int
+                and type(state.get("resumes")) is int and -1 <= state["completed"] <= cfg.rounds
+                and 0 <= state["resumes"] < 10 ** 6):
+            raise StateCorrupted(f"{progress_file}: not a run's progress record ({{'completed': "
+                                 f"round, 'resumes': count}}, got {str(state)[:120]}); restore "
+                                 "it from a backup, or start a new run folder (the ledger stays "
+                                 "as it is)")
+        completed, resumes = state["completed"], state["resumes"] + 1
     elif in_use(out):
         raise RunFolderInUse(f"{out}: already holds a run (its ledger and metrics are kept); "
                              f"continue it with `privsem run --resume {out}`, or choose another "
                              "--out")
     else:
         completed, resumes = -1, 0
+        preflight_data(cfg)  # a bad data file is refused before the run folder is made
     bars = ProgressBars(cfg, enabled=show_progress)
     fed = setup(cfg, out, bars, resumes=resumes)
     _metrics_up_to(out, completed)
