@@ -215,3 +215,26 @@ def test_semantic_variants_differ_only_in_client_level_noise(knowledge, tmp_path
     assert 0 < s["epsilon_client"] <= 8.0 + 1e-6
     none = cell_config(knowledge, "homogeneous", "none", "semantic", QUICK)
     assert not none.privacy.record.enabled and none.consensus.server_trusted_with_texts
+
+
+def test_a_baselines_inputs_and_results_ignore_semantic_only_settings(tmp_path: Path) -> None:
+    """SEMANTIC_ONLY is left out of a baseline's stored inputs, so tuning semantic consensus
+    keeps a grid's baselines; that is only honest if the baseline really ignores those settings:
+    local-only trained under two different semantic settings gives the same answers."""
+    from dataclasses import replace
+
+    from privsem.bench.baselines import run_local
+    from privsem.bench.suite import method_inputs
+
+    files = write_task("knowledge", tmp_path / "data", CLIENTS, quick=True)
+    cfg = cell_config(files, "homogeneous", "none", "local", QUICK)
+    other = replace(cfg, consensus=replace(cfg.consensus, accept_share=0.9, confidence="none",
+                                           nominate="nearest"),
+                    generation=replace(cfg.generation, candidates=3, greedy_first=False),
+                    training=replace(cfg.training, pseudo_label_epochs=5,
+                                     first_phase_share=0.5))
+    assert method_inputs(cfg, "local") == method_inputs(other, "local")
+    assert method_inputs(cfg, "semantic") != method_inputs(other, "semantic")
+    a = run_local(cfg, tmp_path / "a")
+    b = run_local(other, tmp_path / "b")
+    assert a.questions == b.questions

@@ -414,11 +414,26 @@ def _sha256_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# Configuration a baseline (zero-shot, local-only, FedAvg, centralised) never reads: semantic
+# consensus' own settings. Left out of a baseline's inputs, so that tuning semantic consensus
+# does not throw away a grid's baselines (hours of runs); tests/test_bench_baselines.py holds
+# that the baselines' results do not change with them.
+SEMANTIC_ONLY = {"consensus": None, "generation": None,
+                 "training": ("pseudo_label_ratio", "pseudo_label_epochs", "first_phase_share")}
+
+
 def method_inputs(cfg: RunConfig, method: str) -> dict[str, Any]:
-    """What a method's result is computed from: its configuration, with every data file it reads
-    replaced by the SHA-256 of the file's content (so the same data at another path matches and
-    changed data does not)."""
+    """What a method's result is computed from: its configuration (for a baseline, without
+    :data:`SEMANTIC_ONLY`), with every data file it reads replaced by the SHA-256 of the file's
+    content (so the same data at another path matches and changed data does not)."""
     data = to_dict(cfg)
+    if not method.startswith("semantic"):
+        for section, keys in SEMANTIC_ONLY.items():
+            if keys is None:
+                data.pop(section, None)
+            else:
+                for k in keys:
+                    data.get(section, {}).pop(k, None)
     if cfg.prompts is not None:
         data["prompts"] = _sha256_file(cfg.prompts)
     for c, spec in zip(data["clients"], cfg.clients, strict=True):
