@@ -367,12 +367,13 @@ class ConsensusConfig:
     # below ``min_weight`` get no pseudo-label: nobody knows the answer. 0: no such gate.
     min_weight: float = 0.0
     # Label acceptance: where a client's own confidence is at least ``accept_confidence`` and at
-    # least ``accept_share`` of the federation's Σw on the prompt (it is the one who knows), and
-    # its model finds the label more than ``accept_margin`` nats per token less likely than its
-    # own candidates, it refuses the label. ``accept_labels: false`` trains on every label.
+    # least ``accept_share`` of the federation's Σw on the prompt (None: 1/contributors, i.e. at
+    # least the federation's mean confidence: it is among those who know), and its model finds
+    # the label more than ``accept_margin`` nats per token less likely than its own candidates,
+    # it refuses the label. ``accept_labels: false`` trains on every label.
     accept_labels: bool = True
     accept_confidence: float = 0.2
-    accept_share: float = 0.5
+    accept_share: float | None = None
     accept_margin: float = 0.5
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
@@ -388,8 +389,10 @@ class ConsensusConfig:
                self.min_weight, "use a value in [0, 1] (0: every prompt gets a label)")
         _check(math.isfinite(self.accept_confidence) and 0 <= self.accept_confidence <= 1,
                "accept_confidence", self.accept_confidence, "use a value in [0, 1]")
-        _check(math.isfinite(self.accept_share) and 0 < self.accept_share <= 1, "accept_share",
-               self.accept_share, "use a share of the federation's confidence in (0, 1]")
+        _check(self.accept_share is None or (math.isfinite(self.accept_share)
+                                             and 0 < self.accept_share <= 1), "accept_share",
+               self.accept_share, "use a share of the federation's confidence in (0, 1], or "
+               "null for the federation's mean")
         _check(math.isfinite(self.accept_margin) and self.accept_margin >= 0, "accept_margin",
                self.accept_margin, "use a finite number of nats per token >= 0")
         _check(self.nominate in NOMINATIONS, "nominate", self.nominate,

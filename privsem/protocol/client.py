@@ -138,6 +138,7 @@ class Client:
         self._cand_nll: np.ndarray | None = None  # (P, k) mean token NLL under the own model
         self._confidence: np.ndarray | None = None  # (P,) in [0, 1]
         self._federation_weight: np.ndarray | None = None  # (P,) the consensus' Σw (noisy)
+        self._contributors = 0
         # the adapter after training phase 1 (private data only): what the client's own data
         # taught it, the reference of the ``gain`` confidence once labels are mixed in
         self._private_adapter: dict[str, torch.Tensor] | None = None
@@ -211,6 +212,7 @@ class Client:
                  for j, ch in enumerate(choice)]
         # Σw per prompt: the broadcast mean times the number of contributors
         self._federation_weight = msg.weight.astype(np.float64) * len(msg.contributors)
+        self._contributors = len(msg.contributors)
         if c.selection == "local":
             self._set_labels(texts)
             self.stage.advance(Stage.DONE)
@@ -639,8 +641,8 @@ class Client:
 
     def _set_labels(self, texts: list[str | None]) -> None:
         """Keeps the labels the client accepts (privsem.confidence.accepts): on a prompt where
-        it holds at least ``accept_share`` of the federation's confidence Σw (it is the one who
-        knows), a label its own model finds much less likely than its own candidates is
+        it holds at least ``accept_share`` of the federation's confidence Σw (by default
+        1/contributors: at least the mean; it is among those who know), a label its own model finds much less likely than its own candidates is
         refused, so an expert is never taught its own topic by clients that do not know it."""
         c = self.cfg.consensus
         keep = [bool(t) for t in texts]
@@ -648,8 +650,10 @@ class Client:
                 keep):
             total_w = (self._federation_weight if self._federation_weight is not None
                        else np.zeros(len(texts)))
+            share = c.accept_share if c.accept_share is not None else 1 / max(
+                1, self._contributors)
             expert = knows(self._confidence, total_w, min_confidence=c.accept_confidence,
-                           share=c.accept_share) & np.array(keep)
+                           share=share) & np.array(keep)
             confident = [int(j) for j in np.flatnonzero(expert)]
             if confident:
                 label_nll = np.full(len(texts), -np.inf)
