@@ -5,7 +5,8 @@ ledger) goes through :func:`loads`: the nesting depth is found by one linear sca
 before parsing (Python's parser recurses per level, so a text nested 100,000 deep would end in
 ``RecursionError``), integers are bounded in digits while parsing (Python refuses to convert
 more than 4,300 and a long one costs quadratic time), and ``NaN``, ``Infinity`` and numbers that
-overflow to infinity are refused. Every failure is a :class:`JSONBoundError` (a ``ValueError``)
+overflow to infinity are refused unless the caller allows them (privsem's own files write an
+unbounded ε or budget as ``Infinity``). Every failure is a :class:`JSONBoundError` (a ``ValueError``)
 whose message says what was wrong; callers turn it into their own typed error.
 """
 
@@ -46,8 +47,10 @@ def depth_problem(data: bytes, max_depth: int) -> str | None:
     return None
 
 
-def loads(data: bytes | str, *, max_depth: int, max_int_digits: int = 24) -> Any:
-    """``json.loads`` within the bounds above; raises JSONBoundError."""
+def loads(data: bytes | str, *, max_depth: int, max_int_digits: int = 24,
+          allow_nonfinite: bool = False) -> Any:
+    """``json.loads`` within the bounds above; raises JSONBoundError. ``allow_nonfinite``: keep
+    ``NaN``, ``Infinity`` and overflowing numbers (as Python's json does)."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     problem = depth_problem(raw, max_depth)
     if problem:
@@ -60,7 +63,7 @@ def loads(data: bytes | str, *, max_depth: int, max_int_digits: int = 24) -> Any
 
     def parse_float(text: str) -> float:
         value = float(text)
-        if not math.isfinite(value):
+        if not allow_nonfinite and not math.isfinite(value):
             raise JSONBoundError(f"the number {text[:32]!r} is not finite")
         return value
 
@@ -68,6 +71,8 @@ def loads(data: bytes | str, *, max_depth: int, max_int_digits: int = 24) -> Any
         raise JSONBoundError(f"{text} is not a number")
 
     try:
+        if allow_nonfinite:
+            return json.loads(raw, parse_int=parse_int, parse_float=parse_float)
         return json.loads(raw, parse_int=parse_int, parse_float=parse_float,
                           parse_constant=parse_constant)
     except json.JSONDecodeError as e:

@@ -49,6 +49,9 @@ def test_infinite_epsilon_exceeds_every_finite_budget(tmp_path):
                    event=gaussian_event(noise_multiplier=0.0), delta=1e-5, budget=1e9)
     led.charge(client="a", round=1, unit="client", mechanism="x",
                event=gaussian_event(noise_multiplier=0.0), delta=1e-5, budget=math.inf)
+    # the entry holds ε = budget = Infinity, and the ledger still loads (DP off is a real run)
+    again = Ledger(tmp_path / "l.jsonl")
+    assert again.entries[0].budget == math.inf and again.entries[0].epsilon_after == math.inf
 
 
 def test_T29_truncated_ledger_fails_closed(tmp_path):
@@ -183,7 +186,7 @@ def test_cutting_the_last_entry_and_rehashing_is_refused(tmp_path):
     (b"[1, 2, 3]", "not an entry object"),
     (b"42", "not an entry object"),
     (b"null", "not an entry object"),
-    (b'{"seq": Infinity}', "not a number"),
+    (b'{"seq": Infinity}', "integrity check"),
     (b"[" * 100_000 + b"]" * 100_000, "integrity check"),
     (b'"' + b"x" * (300 * 1024) + b'"', "more than an entry holds"),
     (b"\xff\xfe not utf-8", "integrity check"),

@@ -87,9 +87,10 @@ def test_every_aggregation_message_of_one_run_is_refused_in_another(backend):
         b = fresh("b" * 32)
         responders = b.responders()
         outcome: dict[str, str] = {}
+        calls = [0]
 
         def swap(req: bytes, fn: Any = responders[party], k: int = k, old: bytes = frame,
-                 seen: list[int] = [0], outcome: dict[str, str] = outcome) -> bytes | None:
+                 seen: list[int] = calls, outcome: dict[str, str] = outcome) -> bytes | None:
             seen[0] += 1
             if seen[0] != k:
                 return fn(req)

@@ -95,7 +95,9 @@ def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not text.strip():
                 continue
             try:
-                obj = bounded_json.loads(raw, max_depth=MAX_DEPTH)
+                # privsem's own JSONL (metrics) writes an unbounded ε as Infinity; data fields
+                # are type-checked after this
+                obj = bounded_json.loads(raw, max_depth=MAX_DEPTH, allow_nonfinite=True)
             except bounded_json.JSONBoundError as e:
                 raise DataError(str(path), lineno, f"not valid JSON ({e})") from None
             if not isinstance(obj, dict):

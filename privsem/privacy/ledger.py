@@ -221,7 +221,8 @@ class Ledger:
                 if len(line) > MAX_LINE_BYTES:
                     raise ValueError(f"{len(line)} bytes, more than an entry holds "
                                      f"({MAX_LINE_BYTES})")
-                d = bounded_json.loads(line, max_depth=MAX_DEPTH)
+                # an entry may hold ε or a budget of Infinity (a unit that claims nothing)
+                d = bounded_json.loads(line, max_depth=MAX_DEPTH, allow_nonfinite=True)
                 if not isinstance(d, dict):
                     raise TypeError(f"a JSON {type(d).__name__}, not an entry object")
                 body = {k: v for k, v in d.items() if k != "hash"}

@@ -85,7 +85,7 @@ def read_json(path: Path) -> Any:
     try:
         if path.stat().st_size > MAX_STATE_JSON_BYTES:
             raise ValueError(f"larger than {MAX_STATE_JSON_BYTES} bytes")
-        return bounded_json.loads(path.read_bytes(), max_depth=32)
+        return bounded_json.loads(path.read_bytes(), max_depth=32, allow_nonfinite=True)
     except (OSError, ValueError) as e:
         raise StateCorrupted(f"{path}: cannot be read ({e}); restore it from a backup or start "
                              "a new run folder (the ledger stays as it is)") from None
