@@ -104,14 +104,23 @@ def test_tampered_ledger_fails_loudly_and_writes_nothing(run_dir, tmp_path, caps
 
 
 def test_rolled_back_ledger_is_caught_against_the_metrics(run_dir, tmp_path, capsys):
-    # Cut round 2 off the ledger and its head file together: the chain and the head agree, but
-    # the metrics recorded more ε than the ledger now accounts.
+    # Cut round 2 off the ledger and its head file together. Without the ledger's key the new
+    # head is refused outright; with it (whoever holds the run folder's key file), the chain
+    # and the head agree, but the metrics recorded more ε than the ledger now accounts.
+    from privsem.privacy.ledger import head_mac
+
     run = _copy(run_dir, tmp_path)
     kept = [x for x in (run / "ledger.jsonl").read_text().splitlines(keepends=True)
             if json.loads(x)["round"] == 1]
     (run / "ledger.jsonl").write_text("".join(kept))
     last = json.loads(kept[-1])
     (run / "ledger.jsonl.head").write_text(json.dumps({"seq": last["seq"], "hash": last["hash"]}))
+    assert main(["report", str(run)]) == 2
+    assert "hash and mac" in capsys.readouterr().err
+    key = bytes.fromhex((run / "ledger.jsonl.key").read_text())
+    (run / "ledger.jsonl.head").write_text(json.dumps({
+        "seq": last["seq"], "hash": last["hash"],
+        "mac": head_mac(key, last["seq"], last["hash"])}))
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err
     assert "ledger.jsonl" in err and "metrics.jsonl recorded" in err and "lost entries" in err

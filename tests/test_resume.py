@@ -185,7 +185,12 @@ def test_T28_resume_refuses_a_rolled_back_ledger_even_with_its_head(tmp_path, cl
     lines = (out / "ledger.jsonl").read_text().splitlines(keepends=True)[:len(keep)]
     (out / "ledger.jsonl").write_text("".join(lines))
     last = keep[-1]
-    (out / "ledger.jsonl.head").write_text(json.dumps({"seq": last.seq, "hash": last.hash}))
+    # rolled back by someone holding the ledger's key: the head verifies, the journals do not
+    from privsem.privacy.ledger import head_mac
+
+    key = bytes.fromhex((out / "ledger.jsonl.key").read_text())
+    (out / "ledger.jsonl.head").write_text(json.dumps({
+        "seq": last.seq, "hash": last.hash, "mac": head_mac(key, last.seq, last.hash)}))
     (out / "state" / "run.json").write_text(json.dumps({"completed": ROUND - 1, "resumes": 0}))
     r = _privsem("run", "--resume", str(out), "--quiet")
     assert r.returncode == 2

@@ -80,6 +80,12 @@ def _is_digest(x: Any) -> bool:
     return isinstance(x, str) and len(x) == 64 and set(x) <= _HEX
 
 
+def head_mac(key: bytes, seq: int, digest: str) -> str:
+    """The head's HMAC-SHA256 over its sequence number and entry hash."""
+    return hmac.new(key, f"privsem/ledger/head/v1|{seq}|{digest}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
 def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()
@@ -139,8 +145,7 @@ class Ledger:
     def _mac(self, seq: int, digest: str) -> str:
         if self._key is None:
             self._key = self._make_key()
-        return hmac.new(self._key, f"privsem/ledger/head/v1|{seq}|{digest}".encode(),
-                        hashlib.sha256).hexdigest()
+        return head_mac(self._key, seq, digest)
 
     def _check_head(self) -> None:
         n = len(self._entries)
