@@ -315,6 +315,19 @@ def test_ckks_entry_points_exclude_or_abort_never_crash():
 
 
 # --------------------------------------------------------------------------- protocol parties
+def _typed_or_nothing(name: str, call: Any, frames: list[bytes], reset: Any) -> None:
+    """Feeds each frame to ``call``: it may return or raise a PrivsemError, nothing else;
+    ``reset()`` after each puts the party back in the stage the frames are meant for."""
+    for bad in frames:
+        try:
+            _timed(lambda: call(bad))  # noqa: B023
+        except PrivsemError:
+            pass
+        except Exception as e:  # noqa: BLE001 - what the test is about
+            pytest.fail(f"{name}: {type(e).__name__} escaped: {str(e)[:200]}")
+        reset()
+
+
 def test_protocol_entry_points_refuse_mutations_with_a_reason(tmp_path):
     """Client.on_round_spec, on_consensus and on_pseudo_labels and the server's
     choose_labels, on mutations of real frames of a smoke run."""
@@ -349,27 +362,16 @@ def test_protocol_entry_points_refuse_mutations_with_a_reason(tmp_path):
                             noise_std_of_consensus=0.0,
                             consensus=np.full((P, d), 1 / np.sqrt(d), np.float32),
                             agreement=np.ones(P, np.float32), weight=np.full(P, 0.5, np.float32))
-    stage = alice.stage.stage
-    for bad in corpus(encode(cb), 120, rng_seed + 1):
-        try:
-            _timed(lambda: alice.on_consensus(bad))  # noqa: B023
-        except PrivsemError:
-            pass
-        except Exception as e:  # noqa: BLE001
-            pytest.fail(f"on_consensus: {type(e).__name__} escaped: {str(e)[:200]}")
-        alice.stage.stage = stage  # a mutation that was still valid moved it on
+    stage = alice.stage.stage  # a mutation that was still valid moves it on: put it back
+    _typed_or_nothing("on_consensus", alice.on_consensus, corpus(encode(cb), 120, rng_seed + 1),
+                      lambda: setattr(alice.stage, "stage", stage))
     alice.on_consensus(encode(cb))
     assert alice.stage.stage is Stage.NOMINATION
     labels = PseudoLabels(session_id=spec.session_id, round=1,
                           texts=tuple(f"label {j}" for j in range(P)))
-    for bad in corpus(encode(labels), 120, rng_seed + 2):
-        try:
-            _timed(lambda: alice.on_pseudo_labels(bad))  # noqa: B023
-        except PrivsemError:
-            pass
-        except Exception as e:  # noqa: BLE001
-            pytest.fail(f"on_pseudo_labels: {type(e).__name__} escaped: {str(e)[:200]}")
-        alice.stage.stage = Stage.NOMINATION
+    _typed_or_nothing("on_pseudo_labels", alice.on_pseudo_labels,
+                      corpus(encode(labels), 120, rng_seed + 2),
+                      lambda: setattr(alice.stage, "stage", Stage.NOMINATION))
     # the server's side of shared selection: a mutated nomination is excluded, never raised
     from privsem.consensus import Consensus
 
