@@ -130,6 +130,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-power1": {"consensus": {"confidence_power": 1.0}},
     "semantic-accept_all": {"consensus": {"accept_labels": False}},
     "semantic-accept_share": {"consensus": {"accept_share": 0.5}},
+    "semantic-margin0": {"consensus": {"accept_margin": 0.0}},
+    "semantic-min_weight": {"consensus": {"min_weight": 0.1}},
     "semantic-label_passes1": {"training": {"pseudo_label_epochs": 1}},
     "semantic-label_passes4": {"training": {"pseudo_label_epochs": 4}},
     "semantic-medoid": {"consensus": {"operator": "medoid"},
