@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 # Everything but brackets, quotes and backslashes, deleted at C speed before the scan.
@@ -70,12 +71,30 @@ def loads(data: bytes | str, *, max_depth: int, max_int_digits: int = 24,
     def parse_constant(text: str) -> Any:
         raise JSONBoundError(f"{text} is not a number")
 
+    if isinstance(data, str):
+        text = data
+    else:
+        # UTF-8 only: json.loads would guess UTF-16 or UTF-32 from the first bytes
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JSONBoundError(f"not UTF-8 (byte {e.start})") from None
     try:
         if allow_nonfinite:
-            return json.loads(raw, parse_int=parse_int, parse_float=parse_float)
-        return json.loads(raw, parse_int=parse_int, parse_float=parse_float,
+            return json.loads(text, parse_int=parse_int, parse_float=parse_float)
+        return json.loads(text, parse_int=parse_int, parse_float=parse_float,
                           parse_constant=parse_constant)
     except json.JSONDecodeError as e:
         raise JSONBoundError(f"not valid JSON ({e.msg}, at character {e.pos})") from None
-    except UnicodeDecodeError as e:
-        raise JSONBoundError(f"not UTF-8 (byte {e.start})") from None
+
+
+def read_file(path: str | Path, *, max_bytes: int, max_depth: int,
+              allow_nonfinite: bool = False) -> Any:
+    """The JSON file at ``path``, read no further than ``max_bytes`` (a larger file is refused
+    before it is parsed) and parsed by :func:`loads`. JSONBoundError for a bound or for text
+    that is not JSON; OSError where the file cannot be read."""
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise JSONBoundError(f"larger than {max_bytes} bytes")
+    return loads(raw, max_depth=max_depth, allow_nonfinite=allow_nonfinite)

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from privsem import bounded_json
 from privsem.config import ClientConfig, RunConfig, load_config
 from privsem.errors import DataError, PrivsemError
 from privsem.privacy.analysis import epsilon
 from privsem.privacy.ledger import Ledger, LedgerEntry
+from privsem.protocol.state import MAX_STATE_JSON_BYTES
 from privsem.rng import make_randomness
 
 if TYPE_CHECKING:
@@ -97,7 +99,8 @@ def open_run(run_dir: str | Path) -> RunFolder:
     cfg = load_config(str(cfg_path))
     progress = path / "state" / "run.json"
     try:
-        state = json.loads(progress.read_text(encoding="utf-8"))
+        state = bounded_json.read_file(progress, max_bytes=MAX_STATE_JSON_BYTES, max_depth=32,
+                                       allow_nonfinite=True)
         completed, resumes = int(state["completed"]), int(state["resumes"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(str(progress), None, f"cannot be read ({e!r}); it records the last "

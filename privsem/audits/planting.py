@@ -22,13 +22,13 @@ drawing again (with OS randomness a second draw would differ).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from privsem import bounded_json
 from privsem.audits.canaries import Canary, CanaryFormat, plant_canaries
 from privsem.config import CanaryConfig, RunConfig
 from privsem.data import Example
@@ -37,6 +37,8 @@ from privsem.rng import make_randomness
 
 CANARIES_FILE = "canaries.json"
 AUDIT_DIR = "audit"
+# canaries.json holds the planted records (one entry per canary): far below this
+MAX_CANARY_FILE_BYTES = 64 * 1024 * 1024
 
 # The fixed vocabulary of ``format: words`` secrets: 100 distinct, common, lower-case English
 # words, so |R| = 100^length (config.CANARY_LENGTHS keeps length in [2, 7]).
@@ -130,7 +132,7 @@ def load_planted(run_dir: str | Path) -> PlantedCanaries:
         raise DataError(str(path), None, "missing: this run planted no canaries; set "
                         "audit.canaries (e.g. --set audit.canaries.client=alice) and run again")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = bounded_json.read_file(path, max_bytes=MAX_CANARY_FILE_BYTES, max_depth=16)
     except (OSError, ValueError) as e:
         raise DataError(str(path), None, f"cannot be read ({e})") from None
     if not isinstance(data, dict):

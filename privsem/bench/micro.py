@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -43,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from privsem import bounded_json
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 QUICK_MODEL = "tiny-llama"
@@ -490,7 +491,7 @@ def round_phases(run_dir: str | Path) -> dict[str, Any]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = bounded_json.loads(line, max_depth=32, allow_nonfinite=True)
         except ValueError:
             raise ValueError(f"{path}:{n}: not a JSON line; the metrics file is damaged "
                              "(rerun, or resume the run to repair it)") from None

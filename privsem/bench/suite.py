@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privsem import bounded_json
 from privsem.bench.baselines import METHODS, MethodRun, perplexity, run_method
 from privsem.bench.tasks import TASK_CLIENTS, TASKS, TaskFiles, write_task
 from privsem.config import RunConfig, build, to_dict
@@ -494,7 +495,8 @@ def _kept(path: Path, inputs: dict[str, Any], progress: Callable[[str], None]
     if not path.exists():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = bounded_json.read_file(path, max_bytes=256 * 1024 * 1024, max_depth=32,
+                                        allow_nonfinite=True)
         same = stored["inputs"] == inputs
         entry = stored["entry"] if same else None
     except (ValueError, KeyError, TypeError) as exc:

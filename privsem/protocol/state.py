@@ -34,6 +34,7 @@ from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
+from privsem import bounded_json
 from privsem.errors import StateCorrupted
 
 
@@ -80,8 +81,6 @@ MAX_STATE_JSON_BYTES = 64 * 1024 * 1024
 def read_json(path: Path) -> Any:
     """A JSON file of a client's or run's state, bounded in size and depth; StateCorrupted
     naming the file for anything unreadable."""
-    from privsem import bounded_json
-
     try:
         if path.stat().st_size > MAX_STATE_JSON_BYTES:
             raise ValueError(f"larger than {MAX_STATE_JSON_BYTES} bytes")
@@ -196,7 +195,7 @@ class ClientStore:
             with safe_open(str(path), framework="np") as fh:
                 meta = fh.metadata() or {}
             arr = load_np(str(path))["release"]
-            stats = json.loads(meta.get("stats", "{}"))
+            stats = bounded_json.loads(meta.get("stats", "{}"), max_depth=8, allow_nonfinite=True)
         except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise StateCorrupted(f"{path}: cached release cannot be read ({e}); it may have "
                                  "been sent, so the client must not release again this round "

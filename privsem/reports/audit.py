@@ -11,15 +11,17 @@ appears in it). A result file that cannot be read is named in the section, not s
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privsem import bounded_json
 from privsem.reports.document import Block, Bullets, Figure, Heading, Item, Paragraph, Table
 
 AUDIT_DIR = "audit"
+# an audit result (audit/*.json) holds per-canary and per-record scores: far below this
+MAX_AUDIT_FILE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class AuditFiles:
 
 def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = bounded_json.read_file(path, max_bytes=MAX_AUDIT_FILE_BYTES, max_depth=32,
+                                      allow_nonfinite=True)
     except (OSError, ValueError) as e:
         problems.append(f"`{AUDIT_DIR}/{path.name}` cannot be read ({e}); run its audit again.")
         return None

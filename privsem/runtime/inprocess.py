@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from privsem import bounded_json
 from privsem.aggregation import exchange, get_backend
 from privsem.aggregation.base import AggregationBackend, Gone, Helper
 from privsem.aggregation.masked.crypto import Identity
@@ -445,7 +446,8 @@ def _metrics_up_to(out: Path, completed: int) -> None:
     drop: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            ok = json.loads(line)["round"] <= completed
+            ok = bounded_json.loads(line, max_depth=32, allow_nonfinite=True)["round"
+                                                                            ] <= completed
         except (ValueError, KeyError, TypeError):
             ok = False
         (keep if ok else drop).append(line)

@@ -32,6 +32,7 @@ import numpy as np
 import tenseal as ts
 from dp_accounting import dp_event as ev
 
+from privsem import bounded_json
 from privsem.aggregation.base import (
     AggregateResult,
     AggregationBackend,
@@ -292,7 +293,7 @@ class CkksBackend(AggregationBackend):
             raise ValueError("ckks: the round needs the key holder's public context and "
                              "parameters (RunParties.public of start_run); this party has none")
         try:
-            announced = CkksParams.from_json(json.loads(public[PARAMS]))
+            announced = CkksParams.from_json(bounded_json.loads(public[PARAMS], max_depth=4))
         except ValueError as e:
             raise ValueError(f"ckks: the key holder's announced parameters are invalid ({e})"
                              ) from None

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from privsem.config import RunConfig, dump_yaml, load_config
+from privsem import bounded_json
+from privsem.config import CLIENT_ID, RunConfig, dump_yaml, load_config
 from privsem.errors import ConfigError, ProtocolAbort
 from privsem.protocol.messages import Stage
 from privsem.protocol.state import write_json
@@ -52,11 +53,48 @@ def deployment_id(folder: Path) -> str:
     return h.hexdigest()[:32]
 
 
+MAX_REGISTRY_BYTES = 1024 * 1024
+
+
+def _flwr_json(out: str) -> dict[str, Any]:
+    """The JSON object a ``flwr ... --format json`` command printed (after any log lines)."""
+    start = out.find("{")
+    try:
+        data = bounded_json.loads(out[start:] if start >= 0 else out, max_depth=32)
+    except ValueError as e:
+        raise ProtocolAbort(f"flwr printed no readable JSON ({e}): {out[-500:]}") from None
+    if not isinstance(data, dict):
+        raise ProtocolAbort(f"flwr printed {type(data).__name__}, not a JSON object: "
+                            f"{out[-500:]}")
+    return data
+
+
 def read_registry(path: Path) -> dict[str, bytes]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ConfigError(str(path), "…", "give a JSON object of client id -> hex public key")
-    return {str(k): bytes.fromhex(v) for k, v in data.items()}
+    """Client id -> public key (raw bytes) from a deployment's ``registry.json``; ConfigError
+    naming the file and what is wrong with it (at most 1 MiB, a flat JSON object of
+    client ids to hex keys)."""
+    fix = "give a JSON object of client id -> hex public key, as `privsem deploy init` writes it"
+    try:
+        data = bounded_json.read_file(path, max_bytes=MAX_REGISTRY_BYTES, max_depth=1)
+    except OSError as e:
+        raise ConfigError(str(path), "…", f"cannot be read ({e.strerror or e}); {fix}") from None
+    except ValueError as e:
+        raise ConfigError(str(path), "…", f"{e}; {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), type(data).__name__, fix)
+    out: dict[str, bytes] = {}
+    for k, v in data.items():
+        if not CLIENT_ID.fullmatch(k):
+            raise ConfigError(f"{path}: {k[:80]!r}", k[:80], "client ids are 1-63 letters, "
+                              "digits, '_' or '-', starting with a letter or digit; " + fix)
+        try:
+            out[k] = bytes.fromhex(v) if isinstance(v, str) and len(v) <= 4096 else b""
+        except ValueError:
+            out[k] = b""
+        if not out[k]:
+            raise ConfigError(f"{path}: {k}", str(v)[:80], "the public key must be a non-empty "
+                              "hex string of at most 4096 digits; " + fix)
+    return out
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -374,7 +412,7 @@ class Trial:
     def submit(self) -> str:
         out = self.flwr("run", str(APP_DIR), "privsem", "--format", "json",
                         "-c", f"deployment='{self.folder.resolve()}'")
-        data = json.loads(out[out.index("{"):])
+        data = _flwr_json(out)
         run_id = str(data.get("run-id") or data.get("run_id") or "")
         if not run_id:
             raise ProtocolAbort(f"flwr run gave no run id: {out[-500:]}")
@@ -383,9 +421,9 @@ class Trial:
 
     def status(self, run_id: str) -> str:
         out = self.flwr("ls", "privsem", "--run-id", run_id, "--format", "json")
-        data = json.loads(out[out.index("{"):])
-        runs = data.get("runs") or []
-        return str(runs[0].get("status", "")) if runs else ""
+        runs = _flwr_json(out).get("runs") or []
+        return str(runs[0].get("status", "")) if isinstance(runs, list) and runs and isinstance(
+            runs[0], dict) else ""
 
     def close(self) -> None:
         """Stops every process this trial started and everything below it (Flower starts
