@@ -114,10 +114,15 @@ def knows(w: np.ndarray, total_w: np.ndarray, *, min_confidence: float,
     return (w >= min_confidence) & (w >= share * total_w)
 
 
-def accepts(own_nll: np.ndarray, label_nll: np.ndarray, confident: np.ndarray, *,
-            margin: float) -> np.ndarray:
+def accepts(own_nll: np.ndarray | None, label_nll: np.ndarray | None, confident: np.ndarray, *,
+            margin: float | None) -> np.ndarray:
     """Which pseudo-labels a client trains on (P,) bool: all but those of prompts where it
     knows (``confident``, from :func:`knows`) and its own model finds the label less likely
-    than its own candidates by more than ``margin`` nats per token (its answer disagrees)."""
+    than its own candidates by more than ``margin`` nats per token (its answer disagrees).
+    ``margin`` None: it refuses every label where it knows (the likelihoods are not needed)."""
+    if margin is None:
+        return ~confident
+    if own_nll is None or label_nll is None:
+        raise ValueError("accepts: a margin needs the likelihoods of own answers and labels")
     disagrees = (label_nll - own_nll) > margin
     return ~(confident & disagrees)

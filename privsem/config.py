@@ -370,11 +370,12 @@ class ConsensusConfig:
     # least ``accept_share`` of the federation's Σw on the prompt (None: 1/contributors, i.e. at
     # least the federation's mean confidence: it is among those who know), and its model finds
     # the label more than ``accept_margin`` nats per token less likely than its own candidates,
-    # it refuses the label. ``accept_labels: false`` trains on every label.
+    # it refuses the label (``accept_margin: null``: it refuses every label where it knows, and
+    # keeps its own answer). ``accept_labels: false`` trains on every label.
     accept_labels: bool = True
     accept_confidence: float = 0.2
     accept_share: float | None = None
-    accept_margin: float = 0.5
+    accept_margin: float | None = 0.5
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
     nominate: str = "likeliest"
@@ -393,8 +394,10 @@ class ConsensusConfig:
                                              and 0 < self.accept_share <= 1), "accept_share",
                self.accept_share, "use a share of the federation's confidence in (0, 1], or "
                "null for the federation's mean")
-        _check(math.isfinite(self.accept_margin) and self.accept_margin >= 0, "accept_margin",
-               self.accept_margin, "use a finite number of nats per token >= 0")
+        _check(self.accept_margin is None or (math.isfinite(self.accept_margin)
+                                              and self.accept_margin >= 0), "accept_margin",
+               self.accept_margin, "use a finite number of nats per token >= 0, or null to "
+               "refuse every label where the client knows")
         _check(self.nominate in NOMINATIONS, "nominate", self.nominate,
                f"use one of {', '.join(NOMINATIONS)}")
         _check(self.operator in CONSENSUS_OPERATORS, "operator", self.operator,

@@ -215,6 +215,10 @@ def test_label_acceptance():
     ok = accepts(own, label, confident, margin=0.5)
     # refused only where confident and disagreeing
     assert ok.tolist() == [False, True, True, True]
+    # no margin: refused wherever confident, whatever the likelihoods
+    assert accepts(None, None, confident, margin=None).tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="needs the likelihoods"):
+        accepts(None, None, confident, margin=0.5)
 
 
 def test_who_knows_is_a_share_of_the_federations_confidence():
@@ -275,3 +279,28 @@ def test_client_state_is_private_and_non_finite_consensus_is_refused(tmp_path):
         carol.stage.advance(Stage.SPEC)
         carol.stage.advance(Stage.UPLOAD)
         assert carol.pseudo_labels == []
+
+
+@pytest.mark.parametrize("margin, kept", [
+    # null: where it knows (prompt 0: 0.9 >= 1.2 / 3), every label is refused
+    ("null", ["b", "c", "d"]),
+    # a margin: refused only where it knows *and* its model finds the label that much less
+    # likely than its own candidates; no label is 1000 nats per token less likely
+    ("1000", ["a", "b", "c", "d"]),
+])
+def test_a_client_that_knows_keeps_its_own_answer(tmp_path, margin, kept):
+    from privsem.protocol.client import RoundLog
+
+    cfg = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
+                                                 "rounds=1", f"consensus.accept_margin={margin}"])
+    fed = setup(cfg, tmp_path / "run", lambda s: None)
+    carol = fed.clients["carol"]
+    spec = fed.server.open_round(1, tuple(fed.clients))
+    carol.on_round_spec(spec)  # trains, answers and computes its confidences
+    carol._confidence = np.array([0.9, 0.1, 0.9, 0.0])
+    carol._federation_weight = np.array([1.2, 1.0, 3.0, 0.5])  # knows prompt 0 only
+    carol._contributors = 3
+    carol.log = RoundLog(1)
+    carol._set_labels(["a", "b", "c", "d"])
+    assert [ex.response for ex in carol.pseudo_labels] == kept
+    assert carol.log.labels_refused == 4 - len(kept)

@@ -134,6 +134,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-margin0": {"consensus": {"accept_margin": 0.0}},
     "semantic-min_weight": {"consensus": {"min_weight": 0.1}},
     "semantic-first90": {"training": {"first_phase_share": 0.9}},
+    "semantic-first90-keep_own": {"training": {"first_phase_share": 0.9},
+                                  "consensus": {"accept_margin": None}},
     "semantic-label_passes1": {"training": {"pseudo_label_epochs": 1}},
     "semantic-label_passes4": {"training": {"pseudo_label_epochs": 4}},
     "semantic-medoid": {"consensus": {"operator": "medoid"},

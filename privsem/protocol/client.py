@@ -642,8 +642,10 @@ class Client:
     def _set_labels(self, texts: list[str | None]) -> None:
         """Keeps the labels the client accepts (privsem.confidence.accepts): on a prompt where
         it holds at least ``accept_share`` of the federation's confidence Σw (by default
-        1/contributors: at least the mean; it is among those who know), a label its own model finds much less likely than its own candidates is
-        refused, so an expert is never taught its own topic by clients that do not know it."""
+        1/contributors: at least the mean; it is among those who know), a label its own model
+        finds much less likely than its own candidates is refused (``accept_margin: null``:
+        every label there), so an expert is never taught its own topic by clients that do not
+        know it."""
         c = self.cfg.consensus
         keep = [bool(t) for t in texts]
         if c.accept_labels and c.confidence != "none" and self._confidence is not None and any(
@@ -656,11 +658,13 @@ class Client:
                            share=share) & np.array(keep)
             confident = [int(j) for j in np.flatnonzero(expert)]
             if confident:
-                label_nll = np.full(len(texts), -np.inf)
-                sub = self._nll([[str(texts[j])] for j in confident], prompts=confident)
-                label_nll[confident] = sub[:, 0]
-                ok = accepts(self.own_nll().mean(axis=1), label_nll, expert,
-                             margin=c.accept_margin)
+                own_nll = label_nll = None
+                if c.accept_margin is not None:
+                    label_nll = np.full(len(texts), -np.inf)
+                    sub = self._nll([[str(texts[j])] for j in confident], prompts=confident)
+                    label_nll[confident] = sub[:, 0]
+                    own_nll = self.own_nll().mean(axis=1)
+                ok = accepts(own_nll, label_nll, expert, margin=c.accept_margin)
                 refused = [j for j in confident if not ok[j]]
                 for j in refused:
                     keep[j] = False
