@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privsem import bounded_json
 from privsem.config import ClientConfig, RunConfig, load_config
 from privsem.errors import DataError, PrivsemError
 from privsem.privacy.analysis import epsilon
 from privsem.privacy.ledger import Ledger, LedgerEntry
-from privsem.protocol.state import MAX_STATE_JSON_BYTES
+from privsem.protocol.state import read_json
 from privsem.rng import make_randomness
 
 if TYPE_CHECKING:
@@ -99,10 +98,9 @@ def open_run(run_dir: str | Path) -> RunFolder:
     cfg = load_config(str(cfg_path))
     progress = path / "state" / "run.json"
     try:
-        state = bounded_json.read_file(progress, max_bytes=MAX_STATE_JSON_BYTES, max_depth=32,
-                                       allow_nonfinite=True)
+        state = read_json(progress)
         completed, resumes = int(state["completed"]), int(state["resumes"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (PrivsemError, ValueError, KeyError, TypeError) as e:
         raise DataError(str(progress), None, f"cannot be read ({e!r}); it records the last "
                         "completed round") from None
     return RunFolder(path=path, cfg=cfg, completed=max(completed, 0), resumes=resumes)

@@ -200,6 +200,7 @@ PRIMARY = {"knowledge": "key_recall", "instructions": "rouge_l", "overlap": "key
 # Version of a stored result's content: 2 adds per-question scores (and so intervals); a stored
 # result of another format is run again, never silently kept without them.
 RESULTS_FORMAT = 2
+MAX_RESULT_BYTES = 256 * 1024 * 1024  # a stored result (per-question rows): far below this
 BOOTSTRAP = 2000
 
 
@@ -498,7 +499,7 @@ def _kept(path: Path, inputs: dict[str, Any], progress: Callable[[str], None]
     if not path.exists():
         return None
     try:
-        stored = bounded_json.read_file(path, max_bytes=256 * 1024 * 1024, max_depth=32,
+        stored = bounded_json.read_file(path, max_bytes=MAX_RESULT_BYTES, max_depth=32,
                                         allow_nonfinite=True)
         same = stored["inputs"] == inputs
         entry = stored["entry"] if same else None

@@ -82,9 +82,8 @@ def read_json(path: Path) -> Any:
     """A JSON file of a client's or run's state, bounded in size and depth; StateCorrupted
     naming the file for anything unreadable."""
     try:
-        if path.stat().st_size > MAX_STATE_JSON_BYTES:
-            raise ValueError(f"larger than {MAX_STATE_JSON_BYTES} bytes")
-        return bounded_json.loads(path.read_bytes(), max_depth=32, allow_nonfinite=True)
+        return bounded_json.read_file(path, max_bytes=MAX_STATE_JSON_BYTES, max_depth=32,
+                                      allow_nonfinite=True)
     except (OSError, ValueError) as e:
         raise StateCorrupted(f"{path}: cannot be read ({e}); restore it from a backup or start "
                              "a new run folder (the ledger stays as it is)") from None

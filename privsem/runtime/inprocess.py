@@ -446,8 +446,8 @@ def _metrics_up_to(out: Path, completed: int) -> None:
     drop: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            ok = bounded_json.loads(line, max_depth=32, allow_nonfinite=True)["round"
-                                                                            ] <= completed
+            row = bounded_json.loads(line, max_depth=32, allow_nonfinite=True)
+            ok = row["round"] <= completed
         except (ValueError, KeyError, TypeError):
             ok = False
         (keep if ok else drop).append(line)

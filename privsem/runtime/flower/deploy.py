@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def deployment_id(folder: Path) -> str:
 
 
 MAX_REGISTRY_BYTES = 1024 * 1024
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
 def _flwr_json(out: str) -> dict[str, Any]:
@@ -87,13 +89,10 @@ def read_registry(path: Path) -> dict[str, bytes]:
         if not CLIENT_ID.fullmatch(k):
             raise ConfigError(f"{path}: {k[:80]!r}", k[:80], "client ids are 1-63 letters, "
                               "digits, '_' or '-', starting with a letter or digit; " + fix)
-        try:
-            out[k] = bytes.fromhex(v) if isinstance(v, str) and len(v) <= 4096 else b""
-        except ValueError:
-            out[k] = b""
-        if not out[k]:
+        if not (isinstance(v, str) and 0 < len(v) <= 4096 and _HEX.fullmatch(v)):
             raise ConfigError(f"{path}: {k}", str(v)[:80], "the public key must be a non-empty "
                               "hex string of at most 4096 digits; " + fix)
+        out[k] = bytes.fromhex(v)
     return out
 
 
