@@ -3,9 +3,11 @@
 The confidence w_j ∈ [0, 1] of prompt j weighs the client's answer in the consensus (the upload
 carries the rows w_j·e_j and the column w_j; the server forms Σ w·e / Σ w) and decides whether
 the client accepts a pseudo-label (:func:`accepts`). It is computed from the client's own
-model and its own candidates only, never from its private data directly, so under record-level
-DP it is post-processing of the DP-SGD model and costs nothing; the release that carries it is
-clipped and noised with the rest of the matrix at client level.
+model and its own candidates (``gain``, ``likelihood``, ``self_agreement``), so under
+record-level DP it is post-processing of the DP-SGD model and costs nothing; the release that
+carries it is clipped and noised with the rest of the matrix at client level. ``proximity``
+reads the private prompts directly: it is refused with record-level DP (the configuration
+fails closed), and at client level it is covered like every other part of the release.
 
 Measures (``consensus.confidence``), each per prompt from the k candidates y_1..y_k sampled from
 the client's current model for prompt x, with ℓ_M(y) the mean per-token negative log-likelihood
@@ -22,6 +24,12 @@ phase tells who knew); with ``sequential``, the current model.
   candidates.
 - ``self_agreement``: the mean pairwise ROUGE-L F1 between the k candidates (1 when the model
   says the same thing every time; needs k ≥ 2).
+- ``proximity``: how close the public prompt lies to the client's private data: the largest
+  cosine similarity s_j between the prompt's sentence embedding and those of the client's
+  private prompts (the user turns of its training examples), mapped linearly from
+  [``proximity_low``, ``proximity_high``] onto [0, 1] and clipped. It asks "was I taught about
+  this?" of the data rather than of the model, so it does not depend on how well the model
+  memorised; it is not post-processing of a DP-SGD model.
 - ``none``: no confidence column; every client weighs 1 (the plain mean).
 
 Then w ← w^power (``consensus.confidence_power``): a power above 1 sharpens the weighting.
@@ -39,7 +47,10 @@ import numpy as np
 
 from privsem.errors import EmbeddingRejected
 
-CONFIDENCES = ("none", "gain", "likelihood", "self_agreement")
+CONFIDENCES = ("none", "gain", "likelihood", "self_agreement", "proximity")
+# measures that read the private data directly, not only the DP-SGD model: refused under
+# record-level DP
+DATA_CONFIDENCES = ("proximity",)
 
 
 def gain_confidence(nll_model: np.ndarray, nll_base: np.ndarray) -> np.ndarray:
@@ -51,6 +62,20 @@ def gain_confidence(nll_model: np.ndarray, nll_base: np.ndarray) -> np.ndarray:
 def likelihood_confidence(nll_model: np.ndarray) -> np.ndarray:
     """(P, k) mean token NLLs -> (P,) geometric-mean token probability in (0, 1]."""
     return np.clip(np.exp(-np.mean(nll_model, axis=1)), 0.0, 1.0)
+
+
+def proximity_confidence(prompts: np.ndarray, private: np.ndarray, *, low: float,
+                         high: float) -> np.ndarray:
+    """(P, d) public-prompt and (N, d) private-prompt unit embeddings -> (P,) in [0, 1]: the
+    largest cosine similarity of each public prompt to a private one, mapped linearly from
+    [low, high] onto [0, 1] and clipped."""
+    if not 0 <= low < high <= 1:
+        raise ValueError(f"proximity confidence: need 0 <= low < high <= 1, got low={low}, "
+                         f"high={high}")
+    if private.shape[0] == 0:
+        return np.zeros(prompts.shape[0])
+    s = np.max(prompts.astype(np.float64) @ private.astype(np.float64).T, axis=1)  # (P,)
+    return np.clip((s - low) / (high - low), 0.0, 1.0)
 
 
 def self_agreement_confidence(texts: Sequence[Sequence[str]]) -> np.ndarray:

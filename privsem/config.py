@@ -363,6 +363,10 @@ class ConsensusConfig:
     # rows w·e and the column w, and the server forms Σ w·e / Σ w. ``none``: the plain mean.
     confidence: str = "gain"
     confidence_power: float = 4.0
+    # ``proximity``: the largest cosine similarity of the public prompt to a private prompt,
+    # mapped from [proximity_low, proximity_high] onto [0, 1] (refused with record-level DP)
+    proximity_low: float = 0.4
+    proximity_high: float = 0.7
     # Prompts whose mean confidence over the contributors (noisy under client-level DP) is
     # below ``min_weight`` get no pseudo-label: nobody knows the answer. 0: no such gate.
     min_weight: float = 0.0
@@ -386,6 +390,10 @@ class ConsensusConfig:
         _check(self.confidence in CONFIDENCES, "confidence", self.confidence,
                f"use one of {', '.join(CONFIDENCES)}")
         _positive("confidence_power", self.confidence_power)
+        _check(math.isfinite(self.proximity_low) and math.isfinite(self.proximity_high)
+               and 0 <= self.proximity_low < self.proximity_high <= 1, "proximity_low",
+               (self.proximity_low, self.proximity_high),
+               "use 0 <= proximity_low < proximity_high <= 1 (cosine similarities)")
         _check(math.isfinite(self.min_weight) and 0 <= self.min_weight <= 1, "min_weight",
                self.min_weight, "use a value in [0, 1] (0: every prompt gets a label)")
         _check(math.isfinite(self.accept_confidence) and 0 <= self.accept_confidence <= 1,
@@ -543,6 +551,14 @@ class RunConfig:
             _check(c.operator == "medoid" or c.confidence == "none", "consensus.operator",
                    c.operator, "of the plaintext operators only 'medoid' takes confidence "
                    "weights: use operator 'mean' or 'medoid', or consensus.confidence: none")
+        if self.privacy.record.enabled:
+            from privsem.confidence import DATA_CONFIDENCES
+
+            _check(c.confidence not in DATA_CONFIDENCES, "consensus.confidence", c.confidence,
+                   "this measure reads the private prompts directly, so with record-level DP "
+                   "(privacy.record) the model's releases would no longer be post-processing of "
+                   "DP-SGD: use 'gain' (or 'likelihood', 'self_agreement', 'none'), or turn "
+                   "record-level DP off")
         if c.selection == "shared":
             _check(self.privacy.record.enabled or c.server_trusted_with_texts,
                    "consensus.selection", c.selection,

@@ -31,6 +31,7 @@ from privsem.confidence import (
     gain_confidence,
     knows,
     likelihood_confidence,
+    proximity_confidence,
     self_agreement_confidence,
     upload_dim,
     validate_confidence,
@@ -142,6 +143,7 @@ class Client:
         # the adapter after training phase 1 (private data only): what the client's own data
         # taught it, the reference of the ``gain`` confidence once labels are mixed in
         self._private_adapter: dict[str, torch.Tensor] | None = None
+        self._private_prompt_emb: np.ndarray | None = None  # (N, d), ``proximity`` only
         self.log = RoundLog(0)
 
     # ------------------------------------------------------------------ round handlers
@@ -496,6 +498,16 @@ class Client:
                                 self._nll(self._cand_texts, base=True))
         elif c.confidence == "likelihood":
             w = likelihood_confidence(self._nll_private(self._cand_texts))
+        elif c.confidence == "proximity":
+            if self.cfg.privacy.record.enabled:  # the configuration refuses it; fail closed
+                raise ProtocolAbort(f"client {self.id}: the proximity confidence reads private "
+                                    "data and is refused with record-level DP")
+            if self._private_prompt_emb is None:  # (N, d), computed once, never sent
+                self._private_prompt_emb = self.embedder.encode(
+                    [_last_user_turn(ex) for ex in self._private])
+            w = proximity_confidence(self.embedder.encode([p.text for p in self.prompts]),
+                                     self._private_prompt_emb, low=c.proximity_low,
+                                     high=c.proximity_high)
         else:  # self_agreement
             w = self_agreement_confidence(self._cand_texts)
         w = np.power(w, c.confidence_power)
@@ -724,6 +736,12 @@ def question_means(rows: list[dict[str, Any]]) -> dict[str, float]:
         if keyed:
             out[f"{scope}_key_recall"] = float(np.mean(keyed))
     return out
+
+
+def _last_user_turn(ex: Example) -> str:
+    """The prompt of a private example: its last user turn (all turns if it has none)."""
+    users = [text for role, text in ex.messages if role == "user"]
+    return users[-1] if users else " ".join(text for _, text in ex.messages)
 
 
 def _limit_per_scope(items: list[EvalItem], n: int) -> list[EvalItem]:
