@@ -304,3 +304,61 @@ def test_a_client_that_knows_keeps_its_own_answer(tmp_path, margin, kept):
     carol._set_labels(["a", "b", "c", "d"])
     assert [ex.response for ex in carol.pseudo_labels] == kept
     assert carol.log.labels_refused == 4 - len(kept)
+
+
+def test_proximity_measure_reads_how_close_a_prompt_is_to_the_private_prompts():
+    from privsem.confidence import proximity_confidence
+
+    e = np.eye(4)
+    private = e[:2]  # the client was taught about directions 0 and 1
+    mid = (e[0] * 0.55 + e[2] * math.sqrt(1 - 0.55 ** 2))[None]  # cosine 0.55 to a private one
+    prompts = np.vstack([e[0], e[1], e[2], mid[0]])
+    w = proximity_confidence(prompts, private, low=0.4, high=0.7)
+    assert w[:3].tolist() == [1.0, 1.0, 0.0]  # taught, taught, never seen
+    assert w[3] == pytest.approx((0.55 - 0.4) / 0.3)  # linear between the two ends
+    assert proximity_confidence(prompts, np.zeros((0, 4)), low=0.4, high=0.7).tolist() == [0] * 4
+    for low, high in ((0.7, 0.4), (-0.1, 0.5), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="low < high"):
+            proximity_confidence(prompts, private, low=low, high=high)
+
+
+def test_proximity_fails_closed_with_record_level_dp():
+    """It reads the private prompts directly, so it is not post-processing of DP-SGD: the
+    configuration refuses it with record-level DP, and accepts it without."""
+    from privsem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="consensus.confidence.*reads the private prompts"):
+        load_config(preset="smoke", overrides=["consensus.confidence=proximity"])
+    cfg = load_config(preset="smoke", overrides=["consensus.confidence=proximity",
+                                                 "privacy.record.enabled=false",
+                                                 "privacy.client.enabled=true"])
+    assert cfg.consensus.confidence == "proximity"
+    with pytest.raises(ConfigError, match="proximity_low"):
+        load_config(preset="smoke", overrides=["consensus.confidence=proximity",
+                                               "privacy.record.enabled=false",
+                                               "consensus.proximity_low=0.8",
+                                               "consensus.proximity_high=0.5"])
+
+
+def test_a_client_weighs_the_prompts_its_private_data_covers(tmp_path):
+    """End to end on a client: a public prompt that is one of its private prompts gets w = 1,
+    the w it releases is the measure raised to the power, and it is validated like the rest."""
+    from privsem.confidence import proximity_confidence
+    from privsem.data import Example
+
+    cfg = load_config(preset="smoke", overrides=[
+        "evaluation.enabled=false", "max_prompts=4", "rounds=1", "privacy.record.enabled=false",
+        "consensus.confidence=proximity", "consensus.confidence_power=2"])
+    fed = setup(cfg, tmp_path / "run", lambda s: None)
+    carol = fed.clients["carol"]
+    taught = carol.prompts[0].text
+    carol._private = [*carol._private, Example(messages=(("user", taught),), response="x")]
+    spec = fed.server.open_round(1, tuple(fed.clients))
+    carol.on_round_spec(spec)
+    w = carol._confidence
+    assert w is not None and w.shape == (4,) and w[0] == pytest.approx(1.0)
+    expect = proximity_confidence(
+        carol.embedder.encode([p.text for p in carol.prompts]),
+        carol.embedder.encode([ex.messages[-1][1] for ex in carol._private]),
+        low=0.4, high=0.7) ** 2
+    assert np.allclose(w, expect, atol=1e-6)
