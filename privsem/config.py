@@ -116,7 +116,9 @@ class TrainingConfig:
       same DP-SGD steps, and so the same σ at the same target, as local-only training):
       ``first_phase_share`` of it in phase 1, so that the first candidates come from a model
       that has learnt from its data, and the rest spread evenly over the other R phases (null:
-      all R + 1 phases even). Each private step is paired with ``pseudo_label_ratio``
+      all R + 1 phases even; 1: all of it in phase 1, and the later phases train on labels only,
+      ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``, touching no private
+      data and charging nothing). Each private step is paired with ``pseudo_label_ratio``
       pseudo-labelled examples per private example: in one batch and one loss without DP; as a
       separate, non-private step after each DP-SGD step with DP (the labels are
       post-processing of DP releases and cost nothing). A phase makes at least
@@ -144,9 +146,9 @@ class TrainingConfig:
         _check(self.schedule in TRAINING_SCHEDULES, "schedule", self.schedule,
                f"use one of {', '.join(TRAINING_SCHEDULES)}")
         if self.first_phase_share is not None:
-            _check(math.isfinite(self.first_phase_share) and 0 < self.first_phase_share < 1,
+            _check(math.isfinite(self.first_phase_share) and 0 < self.first_phase_share <= 1,
                    "first_phase_share", self.first_phase_share,
-                   "use a fraction in (0, 1), or null to spread the budget evenly")
+                   "use a fraction in (0, 1], or null to spread the budget evenly")
         _check(math.isfinite(self.pseudo_label_ratio) and self.pseudo_label_ratio >= 0,
                "pseudo_label_ratio", self.pseudo_label_ratio,
                "use a finite number >= 0 (0 trains on private data only)")
@@ -380,6 +382,10 @@ class ConsensusConfig:
     accept_confidence: float = 0.2
     accept_share: float | None = None
     accept_margin: float | None = 0.5
+    # Where a client refuses a label, it trains on its own answer instead (``own_answer``: the
+    # greedy candidate with ``generation.greedy_first``, else its likeliest candidate): it
+    # rehearses what it knows on the public phrasing, reading no private example.
+    own_answer: bool = False
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
     nominate: str = "likeliest"

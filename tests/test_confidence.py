@@ -5,6 +5,7 @@ labels a confident client disagrees with are refused."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -303,6 +304,14 @@ def test_a_client_that_knows_keeps_its_own_answer(tmp_path, margin, kept):
     carol.log = RoundLog(1)
     carol._set_labels(["a", "b", "c", "d"])
     assert [ex.response for ex in carol.pseudo_labels] == kept
+    assert carol.log.labels_refused == 4 - len(kept)
+    # ``own_answer``: where it refuses, it rehearses its own greedy answer instead
+    carol.cfg = replace(carol.cfg, consensus=replace(carol.cfg.consensus, own_answer=True))
+    carol.log = RoundLog(1)
+    carol._set_labels(["a", "b", "c", "d"])
+    own = carol._cand_texts[0][0]
+    want = kept if len(kept) == 4 else [own, *kept]
+    assert [ex.response for ex in carol.pseudo_labels] == (want if own.strip() else kept)
     assert carol.log.labels_refused == 4 - len(kept)
 
 

@@ -244,3 +244,26 @@ def test_deployment_parts_refuse_what_they_cannot_serve(tmp_path):
     with pytest.raises(ConfigError, match="one of the configured clients"):
         setup_node(load_config(preset="smoke"), "mallory", tmp_path, identity=Identity(),
                    registry={}, progress=lambda s: None, run="ab" * 16)
+
+
+def test_the_whole_private_budget_in_phase_one_then_labels_only(tmp_path):
+    """``first_phase_share: 1``: every DP-SGD step in round 1, charged once; the later phases
+    train on the labels alone, read no private example and charge nothing, and the run's ε is
+    the planned total."""
+    from privsem.privacy.plan import phase_split
+
+    assert phase_split(24, 4, 1.0) == (24, 0, 0, 0)
+    assert phase_split(1, 3, 1.0) == (1, 0, 0)
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "training.first_phase_share=1"])
+    out = run(cfg, tmp_path / "run", show_progress=False)
+    ledger = _rows(out / "ledger.jsonl")
+    sgd = [e for e in ledger if e["mechanism"].startswith("dp_sgd")]
+    assert sorted((e["client"], e["round"], e["mechanism"]) for e in sgd) == [
+        (c, 1, "dp_sgd") for c in ("alice", "bob", "carol")]
+    rows = _rows(out / "metrics.jsonl")
+    for r in (r for r in rows if r["round"] >= 1):
+        assert r["epsilon_record"] == pytest.approx(8.0, abs=1e-3)  # the whole plan, once
+    r2 = [r for r in rows if r["round"] == 2]
+    assert all(r["dp_steps"] == 0 and r["pseudo_label_loss"] is not None for r in r2)
+    assert all(r["final_train_loss"] is not None for r in r2)  # the last labels count too
+    assert all(any("pseudo-labels only" in s for s in r["status"]) for r in r2)

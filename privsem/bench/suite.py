@@ -131,6 +131,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-proximity": {"consensus": {"confidence": "proximity"}},
     "semantic-proximity-keep_own": {"consensus": {"confidence": "proximity",
                                                   "accept_margin": None}},
+    # the whole private budget in round 1, then labels only (at the private learning rate);
+    # an expert refuses labels where its data lies and rehearses its own answer there
+    "semantic-proximity-rehearse": {
+        "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3},
+        "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True}},
     "semantic-power1": {"consensus": {"confidence_power": 1.0}},
     "semantic-accept_all": {"consensus": {"accept_labels": False}},
     "semantic-accept_share": {"consensus": {"accept_share": 0.5}},

@@ -71,12 +71,15 @@ class PrivacyPlan:
 
 def phase_split(total: int, phases: int, first_share: float | None) -> tuple[int, ...]:
     """DP-SGD steps per training phase: ``total`` spread evenly (each phase rounded up), or
-    with ``first_share`` of them in phase 1 and the rest spread evenly over the others."""
+    with ``first_share`` of them in phase 1 and the rest spread evenly over the others
+    (``first_share`` 1: all of them in phase 1, none in the others)."""
     if phases == 1:
         return (max(1, total),)
     if first_share is None:
         return (max(1, math.ceil(total / phases)),) * phases
     first = min(total, max(1, round(total * first_share)))
+    if first_share >= 1:
+        return (max(1, total),) + (0,) * (phases - 1)
     rest = max(1, math.ceil((total - first) / (phases - 1)))
     return (first,) + (rest,) * (phases - 1)
 

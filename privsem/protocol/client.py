@@ -334,6 +334,9 @@ class Client:
                                    "this round loaded from its checkpoint (no new training, no "
                                    "new charge)")
             return
+        if steps == 0:  # ``first_phase_share: 1``: a later phase touches labels only
+            self._train_labels_only(rnd, labels or [], final=final, checkpoint=checkpoint)
+            return
         earlier = self._charged(rnd, mechanism) if self.store else None
         if earlier is not None:
             self.log.status.append(f"resumed: retraining under ledger entry {earlier.seq} (the "
@@ -393,6 +396,29 @@ class Client:
             self.store.save_adapter(self.model, checkpoint)
         self.log.status.append(f"trained on private data{' and ' + str(len(labels)) + ' pseudo-labels' if labels else ''}"
                                + (" (final phase)" if final else ""))
+
+    def _train_labels_only(self, rnd: int, labels: list[Example], *, final: bool,
+                           checkpoint: str) -> None:
+        """A mixed-schedule phase without private steps: ``pseudo_label_epochs`` passes over
+        the labels alone. It reads no private example, so the ledger charges nothing (the
+        labels are post-processing of the round's releases)."""
+        t = self.cfg.training
+        stats = None
+        if labels and t.pseudo_label_epochs > 0:
+            data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length)
+            stats = train_plain(
+                self.model, data, epochs=t.pseudo_label_epochs,
+                batch_size=t.pseudo_label_batch_size, learning_rate=t.pseudo_label_learning_rate,
+                generator=self.rng.torch_generator("labels-only", self.id, rnd,
+                                                   *(("final",) if final else ())))
+        if final:
+            self.log.final_train = stats
+        else:
+            self.log.pseudo_train = stats
+        if self.store:
+            self.store.save_adapter(self.model, checkpoint)
+        self.log.status.append(f"trained on {len(labels)} pseudo-labels only (no private step "
+                               "in this phase, no charge)" + (" (final phase)" if final else ""))
 
     def _train_on_pseudo_labels(self) -> None:
         t = self.cfg.training
@@ -678,12 +704,25 @@ class Client:
                     own_nll = self.own_nll().mean(axis=1)
                 ok = accepts(own_nll, label_nll, expert, margin=c.accept_margin)
                 refused = [j for j in confident if not ok[j]]
+                own = self._own_answers() if c.own_answer and refused else None
                 for j in refused:
-                    keep[j] = False
+                    if own is not None and own[j].strip():
+                        texts[j] = own[j]  # rehearse its own answer where it knows
+                    else:
+                        keep[j] = False
                 self.log.labels_refused = len(refused)
         self.pseudo_labels = [Example(messages=(("user", p.text),), response=str(t))
                               for p, t, k in zip(self.prompts, texts, keep, strict=True) if k]
         self.log.labels = len(self.pseudo_labels)
+
+    def _own_answers(self) -> list[str]:
+        """Per prompt, the client's own answer: its greedy candidate (``greedy_first``) or the
+        candidate its own model finds likeliest."""
+        g = self.cfg.generation
+        if g.greedy_first and g.candidates >= 2:
+            return [ts[0] for ts in self._cand_texts]
+        best = np.argmin(self.own_nll(), axis=1)
+        return [ts[int(b)] for ts, b in zip(self._cand_texts, best, strict=True)]
 
     def _timed(self, name: str, fn: Any) -> Any:
         t0 = time.perf_counter()
