@@ -118,7 +118,10 @@ class TrainingConfig:
       that has learnt from its data, and the rest spread evenly over the other R phases (null:
       all R + 1 phases even; 1: all of it in phase 1, and the later phases train on labels only,
       ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``, touching no private
-      data and charging nothing). Each private step is paired with ``pseudo_label_ratio``
+      data and charging nothing). ``final_phase_share`` (with ``first_phase_share``) keeps
+      that share of the budget for the last phase, after the last round's labels, so a client
+      ends on its private data and the labels together; the phases between share what is left
+      (nothing, when the two shares add up to 1: they train on labels only). Each private step is paired with ``pseudo_label_ratio``
       pseudo-labelled examples per private example: in one batch and one loss without DP; as a
       separate, non-private step after each DP-SGD step with DP (the labels are
       post-processing of DP releases and cost nothing). A phase makes at least
@@ -134,6 +137,7 @@ class TrainingConfig:
     learning_rate: float = 2e-3
     schedule: str = "mixed"
     first_phase_share: float | None = 0.75
+    final_phase_share: float | None = None
     pseudo_label_ratio: float = 1.0
     pseudo_label_epochs: int = 2
     pseudo_label_learning_rate: float = 1e-3
@@ -145,6 +149,13 @@ class TrainingConfig:
         _positive("learning_rate", self.learning_rate)
         _check(self.schedule in TRAINING_SCHEDULES, "schedule", self.schedule,
                f"use one of {', '.join(TRAINING_SCHEDULES)}")
+        if self.final_phase_share is not None:
+            _check(math.isfinite(self.final_phase_share) and 0 < self.final_phase_share < 1
+                   and self.first_phase_share is not None
+                   and self.first_phase_share + self.final_phase_share <= 1 + 1e-9,
+                   "final_phase_share", self.final_phase_share,
+                   "use a fraction in (0, 1) with first_phase_share set and the two adding up "
+                   "to at most 1, or null")
         if self.first_phase_share is not None:
             _check(math.isfinite(self.first_phase_share) and 0 < self.first_phase_share <= 1,
                    "first_phase_share", self.first_phase_share,

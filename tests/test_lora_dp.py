@@ -322,3 +322,27 @@ def test_mixed_training_interleaves_labels_without_touching_the_dp_steps(monkeyp
     stats = train_mixed(model, data, PublicMix(None, 4, 1e-2), steps=3, batch_size=4,
                         learning_rate=1e-2, generator=torch.Generator().manual_seed(1))
     assert stats.steps == 3 and stats.examples_seen == 12
+
+
+def test_phase_split_keeps_the_budget_and_the_final_share():
+    from privsem.config import load_config
+    from privsem.errors import ConfigError
+    from privsem.privacy.plan import phase_split
+
+    assert phase_split(24, 4, 0.75, 0.25) == (18, 0, 0, 6)  # labels only in between
+    assert phase_split(24, 4, 0.5, 0.25) == (12, 3, 3, 6)
+    assert phase_split(12, 2, 0.75, 0.25) == (9, 3)
+    assert phase_split(24, 4, 1.0) == (24, 0, 0, 0)
+    for total in (1, 5, 24, 61):
+        for first, final in ((0.75, 0.25), (0.5, 0.5), (0.6, 0.2)):
+            split = phase_split(total, 4, first, final)
+            assert total <= sum(split) <= total + 2 and min(split) >= 0
+            if first + final == 1:
+                assert sum(split) == total and split[1:3] == (0, 0)
+    cfg = load_config(preset="smoke", overrides=["training.final_phase_share=0.25"])
+    assert cfg.training.final_phase_share == 0.25
+    for bad in (["training.final_phase_share=0.5"],  # 0.75 + 0.5 > 1
+                ["training.final_phase_share=0.2", "training.first_phase_share=null"],
+                ["training.final_phase_share=1.5"]):
+        with pytest.raises(ConfigError, match="final_phase_share"):
+            load_config(preset="smoke", overrides=bad)

@@ -267,3 +267,21 @@ def test_the_whole_private_budget_in_phase_one_then_labels_only(tmp_path):
     assert all(r["dp_steps"] == 0 and r["pseudo_label_loss"] is not None for r in r2)
     assert all(r["final_train_loss"] is not None for r in r2)  # the last labels count too
     assert all(any("pseudo-labels only" in s for s in r["status"]) for r in r2)
+
+
+def test_a_final_share_ends_on_private_data_and_labels(tmp_path):
+    """``final_phase_share``: phase 1 and the last phase train on private data (charged as
+    ``dp_sgd`` of round 1 and ``dp_sgd_final`` of the last round), the phase between on labels
+    only (no charge); ε is the planned total."""
+    cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=3",
+                                                 "training.first_phase_share=0.5",
+                                                 "training.final_phase_share=0.5"])
+    out = run(cfg, tmp_path / "run", show_progress=False)
+    sgd = [e for e in _rows(out / "ledger.jsonl") if e["mechanism"].startswith("dp_sgd")]
+    assert sorted((e["client"], e["round"], e["mechanism"]) for e in sgd) == sorted(
+        [(c, 1, "dp_sgd") for c in ("alice", "bob", "carol")]
+        + [(c, 3, "dp_sgd_final") for c in ("alice", "bob", "carol")])
+    rows = _rows(out / "metrics.jsonl")
+    assert all(r["dp_steps"] == 0 for r in rows if r["round"] in (2, 3))
+    assert all(r["epsilon_record"] == pytest.approx(8.0, abs=1e-3) for r in rows
+               if r["round"] == 3)

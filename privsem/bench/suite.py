@@ -136,6 +136,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-proximity-rehearse": {
         "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3},
         "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True}},
+    # the same without rehearsal: refused labels are dropped
+    "semantic-proximity-labels_after": {
+        "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3},
+        "consensus": {"confidence": "proximity", "accept_margin": None}},
+    # ¾ of the budget before round 1, ¼ in the last phase with the last labels, labels only in
+    # between; proximity, experts keep their own answers (no rehearsal)
+    "semantic-proximity-ends": {
+        "training": {"first_phase_share": 0.75, "final_phase_share": 0.25},
+        "consensus": {"confidence": "proximity", "accept_margin": None}},
     "semantic-power1": {"consensus": {"confidence_power": 1.0}},
     "semantic-accept_all": {"consensus": {"accept_labels": False}},
     "semantic-accept_share": {"consensus": {"accept_share": 0.5}},
@@ -435,7 +444,8 @@ def _sha256_file(path: str | Path) -> str:
 # does not throw away a grid's baselines (hours of runs); tests/test_bench_baselines.py holds
 # that the baselines' results do not change with them.
 SEMANTIC_ONLY = {"consensus": None, "generation": None,
-                 "training": ("pseudo_label_ratio", "pseudo_label_epochs", "first_phase_share")}
+                 "training": ("pseudo_label_ratio", "pseudo_label_epochs", "first_phase_share",
+                              "final_phase_share")}
 
 
 def method_inputs(cfg: RunConfig, method: str) -> dict[str, Any]:

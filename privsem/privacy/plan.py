@@ -69,17 +69,27 @@ class PrivacyPlan:
                          placement=self.placement)
 
 
-def phase_split(total: int, phases: int, first_share: float | None) -> tuple[int, ...]:
+def phase_split(total: int, phases: int, first_share: float | None,
+                final_share: float | None = None) -> tuple[int, ...]:
     """DP-SGD steps per training phase: ``total`` spread evenly (each phase rounded up), or
     with ``first_share`` of them in phase 1 and the rest spread evenly over the others
-    (``first_share`` 1: all of them in phase 1, none in the others)."""
+    (``first_share`` 1: all of them in phase 1, none in the others). ``final_share`` (with
+    ``first_share``): that share in the last phase, what is left spread over the phases
+    between (none, when the shares add up to 1)."""
     if phases == 1:
         return (max(1, total),)
     if first_share is None:
         return (max(1, math.ceil(total / phases)),) * phases
-    first = min(total, max(1, round(total * first_share)))
     if first_share >= 1:
         return (max(1, total),) + (0,) * (phases - 1)
+    first = min(total, max(1, round(total * first_share)))
+    if final_share is not None:
+        final = total - max(first, round(total * (1 - final_share)))  # shares adding to 1: exact
+        if phases == 2:
+            return (first, total - first)
+        middle = total - first - final
+        each = math.ceil(middle / (phases - 2)) if middle > 0 else 0
+        return (first,) + (each,) * (phases - 2) + (final,)
     rest = max(1, math.ceil((total - first) / (phases - 1)))
     return (first,) + (rest,) * (phases - 1)
 
@@ -94,7 +104,8 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
         q = min(1.0, cfg.training.batch_size / n)
         per_round = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
         share = cfg.training.first_phase_share if cfg.training.schedule == "mixed" else None
-        split = phase_split(per_round * R, phases, share)
+        split = phase_split(per_round * R, phases, share,
+                            cfg.training.final_phase_share if share is not None else None)
         steps = split[0] if len(set(split)) == 1 else max(1, math.ceil(per_round * R / phases))
         if rp.enabled:
             def event(s: float, q: float = q, total: int = sum(split)) -> ev.DpEvent:
