@@ -121,8 +121,8 @@ class TrainingConfig:
       data and charging nothing). ``final_phase_share`` (with ``first_phase_share``) keeps
       that share of the budget for the last phase, after the last round's labels, so a client
       ends on its private data and the labels together; the phases between share what is left
-      (nothing, when the two shares add up to 1: they train on labels only). Each private step is paired with ``pseudo_label_ratio``
-      pseudo-labelled examples per private example: in one batch and one loss without DP; as a
+      (nothing, when the two shares add up to 1: they train on labels only). Each private
+      step is paired with ``pseudo_label_ratio`` pseudo-labelled examples per private example: in one batch and one loss without DP; as a
       separate, non-private step after each DP-SGD step with DP (the labels are
       post-processing of DP releases and cost nothing). A phase makes at least
       ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for

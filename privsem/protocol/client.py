@@ -402,15 +402,8 @@ class Client:
         """A mixed-schedule phase without private steps: ``pseudo_label_epochs`` passes over
         the labels alone. It reads no private example, so the ledger charges nothing (the
         labels are post-processing of the round's releases)."""
-        t = self.cfg.training
-        stats = None
-        if labels and t.pseudo_label_epochs > 0:
-            data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length)
-            stats = train_plain(
-                self.model, data, epochs=t.pseudo_label_epochs,
-                batch_size=t.pseudo_label_batch_size, learning_rate=t.pseudo_label_learning_rate,
-                generator=self.rng.torch_generator("labels-only", self.id, rnd,
-                                                   *(("final",) if final else ())))
+        stats = self._label_passes(labels, "labels-only", self.id, rnd,
+                                   *(("final",) if final else ()))
         if final:
             self.log.final_train = stats
         else:
@@ -421,15 +414,21 @@ class Client:
                                "in this phase, no charge)" + (" (final phase)" if final else ""))
 
     def _train_on_pseudo_labels(self) -> None:
+        stats = self._label_passes(self.pseudo_labels, "pseudo", self.id, self.log.round)
+        if stats is not None:
+            self.log.pseudo_train = stats
+
+    def _label_passes(self, labels: list[Example], *tag: Any) -> TrainStats | None:
+        """``pseudo_label_epochs`` passes over ``labels`` alone (None when there is nothing to
+        train), with a generator named by ``tag``."""
         t = self.cfg.training
-        if not self.pseudo_labels or t.pseudo_label_epochs == 0:
-            return
-        data = encode_examples(self.tokenizer, self.fmt, self.pseudo_labels,
-                               self.ccfg.model.max_length)
-        self.log.pseudo_train = train_plain(
+        if not labels or t.pseudo_label_epochs == 0:
+            return None
+        data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length)
+        return train_plain(
             self.model, data, epochs=t.pseudo_label_epochs, batch_size=t.pseudo_label_batch_size,
             learning_rate=t.pseudo_label_learning_rate,
-            generator=self.rng.torch_generator("pseudo", self.id, self.log.round))
+            generator=self.rng.torch_generator(*tag))
 
     def _generate_candidates(self) -> None:
         g = self.cfg.generation
