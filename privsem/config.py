@@ -37,6 +37,7 @@ CONSENSUS_OPERATORS = ("mean", "medoid", "geometric_median", "trimmed_mean")
 SELECTION_MODES = ("local", "shared")
 TRAINING_SCHEDULES = ("mixed", "sequential")
 NOMINATIONS = ("likeliest", "nearest")
+ROUTES = ("none", "proximity")  # consensus.route
 CANARY_FORMATS = ("digits", "words")
 # Secret length limits: at least 10^4 possible secrets (fewer could be guessed by chance), at
 # most 2^53 (the exact sampler's range); words are drawn from a fixed 100-word vocabulary
@@ -400,6 +401,14 @@ class ConsensusConfig:
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
     nominate: str = "likeliest"
+    # How a client answers (its public candidates and held-out questions). ``proximity``: a
+    # prompt whose proximity to the client's own private prompts (the ramp above, before the
+    # power) is at least ``route_threshold`` is answered by the adapter of training phase 1
+    # (private data only), every other prompt by the current adapter (labels trained in): what
+    # the federation teaches never overwrites what the client's own data taught it. Reads the
+    # private prompts, so refused with record-level DP; needs the ``mixed`` schedule.
+    route: str = "none"
+    route_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         from privsem.confidence import CONFIDENCES
@@ -423,6 +432,10 @@ class ConsensusConfig:
                                               and self.accept_margin >= 0), "accept_margin",
                self.accept_margin, "use a finite number of nats per token >= 0, or null to "
                "refuse every label where the client knows")
+        _check(self.route in ROUTES, "route", self.route, f"use one of {', '.join(ROUTES)}")
+        _check(math.isfinite(self.route_threshold) and 0 < self.route_threshold <= 1,
+               "route_threshold", self.route_threshold,
+               "use a value in (0, 1] on the proximity ramp")
         _check(self.nominate in NOMINATIONS, "nominate", self.nominate,
                f"use one of {', '.join(NOMINATIONS)}")
         _check(self.operator in CONSENSUS_OPERATORS, "operator", self.operator,
@@ -576,6 +589,14 @@ class RunConfig:
                    "(privacy.record) the model's releases would no longer be post-processing of "
                    "DP-SGD: use 'gain' (or 'likelihood', 'self_agreement', 'none'), or turn "
                    "record-level DP off")
+        if c.route != "none":
+            _check(not self.privacy.record.enabled, "consensus.route", c.route,
+                   "routing reads the private prompts at answer time, so the client's answers "
+                   "would no longer be post-processing of DP-SGD: use route 'none' with "
+                   "record-level DP (privacy.record)")
+            _check(self.training.schedule == "mixed", "consensus.route", c.route,
+                   "routing answers with the adapter of phase 1 (private data only), which only "
+                   "the 'mixed' schedule keeps: set training.schedule: mixed or route: none")
         if c.selection == "shared":
             _check(self.privacy.record.enabled or c.server_trusted_with_texts,
                    "consensus.selection", c.selection,

@@ -371,3 +371,104 @@ def test_a_client_weighs_the_prompts_its_private_data_covers(tmp_path):
         carol.embedder.encode([ex.messages[-1][1] for ex in carol._private]),
         low=0.4, high=0.7) ** 2
     assert np.allclose(w, expect, atol=1e-6)
+
+
+def test_routing_needs_no_record_dp_and_the_mixed_schedule():
+    """``consensus.route: proximity`` reads the private prompts at answer time: the
+    configuration refuses it with record-level DP, without the phase-1 adapter (sequential
+    schedule) and with a threshold off the ramp."""
+    from privsem.errors import ConfigError
+
+    base = ["consensus.route=proximity", "privacy.record.enabled=false",
+            "privacy.client.enabled=true"]
+    assert load_config(preset="smoke", overrides=base).consensus.route == "proximity"
+    with pytest.raises(ConfigError, match="consensus.route.*record-level DP"):
+        load_config(preset="smoke", overrides=["consensus.route=proximity"])
+    with pytest.raises(ConfigError, match="consensus.route.*mixed"):
+        load_config(preset="smoke", overrides=[*base, "training.schedule=sequential"])
+    with pytest.raises(ConfigError, match="route_threshold"):
+        load_config(preset="smoke", overrides=[*base, "consensus.route_threshold=0"])
+    with pytest.raises(ConfigError, match="route"):
+        load_config(preset="smoke", overrides=[*base[1:], "consensus.route=nearest"])
+
+
+def test_routing_answers_near_prompts_with_the_private_adapter(tmp_path):
+    """A question near the client's private prompts is answered by the adapter of phase 1, any
+    other by the current adapter; which is which follows the proximity ramp, the answers are
+    exactly those of the adapter chosen, and the current adapter comes back bit for bit. With
+    record-level DP the client refuses to route (fail closed)."""
+    import torch
+
+    from privsem.confidence import proximity_confidence
+    from privsem.data import EvalItem, Example
+    from privsem.errors import ProtocolAbort
+
+    cfg = load_config(preset="smoke", overrides=[
+        "evaluation.enabled=false", "max_prompts=4", "rounds=1", "privacy.record.enabled=false",
+        "consensus.route=proximity", "evaluation.max_new_tokens=6"])
+    fed = setup(cfg, tmp_path / "run", lambda s: None)
+    carol = fed.clients["carol"]
+    taught = carol.prompts[0].text
+    carol._private = [*carol._private, Example(messages=(("user", taught),), response="x")]
+    spec = fed.server.open_round(1, tuple(fed.clients))
+    carol.on_round_spec(spec)  # phase 1 trains; its candidates are routed already
+    near = proximity_confidence(carol.embedder.encode([p.text for p in carol.prompts]),
+                                carol._private_prompt_embeddings(), low=0.4, high=0.7) >= 0.5
+    assert near[0] and carol.log.routed == int(near.sum())
+
+    carol.eval_items = [
+        EvalItem(Example(messages=(("user", taught),), response="x"), "own", None, None),
+        EvalItem(Example(messages=(("user", "Name a colour of the sky at noon on Mars."),),
+                         response="butterscotch"), "other", None, None)]
+    with torch.no_grad():  # the federation's training moves the current adapter away
+        for p in carol.model.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    current = carol._adapter_state()
+    rows = carol.evaluate_questions(max_new_tokens=6, seed=3)
+    assert all(torch.equal(current[n], p) for n, p in carol.model.named_parameters()
+               if p.requires_grad)
+    routed = [r["adapter"] for r in rows]
+    assert routed[0] == "private"
+    assert sum(r == "private" for r in routed) == int(np.sum(proximity_confidence(
+        carol.embedder.encode([taught, "Name a colour of the sky at noon on Mars."]),
+        carol._private_prompt_embeddings(), low=0.4, high=0.7) >= 0.5))
+    plain = carol.evaluate_questions(max_new_tokens=6, seed=3, route=False)
+    assert all(p["adapter"] == "current" for p in plain)
+    with carol._swapped(carol._private_reference()):
+        private = carol.evaluate_questions(max_new_tokens=6, seed=3, route=False)
+    for r, p, q in zip(rows, plain, private, strict=True):
+        want = q if r["adapter"] == "private" else p
+        assert (r["answer"], r["nll"]) == (want["answer"], pytest.approx(want["nll"], abs=1e-5))
+    assert rows[0]["nll"] != pytest.approx(plain[0]["nll"], abs=1e-5)  # the adapters differ
+
+    # a configuration the loader would refuse, forced past it: the client still refuses
+    object.__setattr__(carol.cfg.privacy.record, "enabled", True)
+    with pytest.raises(ProtocolAbort, match="routing reads private prompts"):
+        carol.evaluate_questions(max_new_tokens=6, seed=3)
+
+
+def test_the_whole_budget_in_phase_one_is_the_local_only_training(tmp_path):
+    """Without record-level DP, ``first_phase_share: 1`` trains phase 1 exactly as the
+    local-only baseline trains over all its rounds, so the adapter ``route`` answers the
+    client's own topics with is, bit for bit, the one it would have trained alone."""
+    import torch
+
+    common = ["evaluation.enabled=false", "max_prompts=4", "rounds=2",
+              "privacy.record.enabled=false"]
+    cfg = load_config(preset="smoke", overrides=[*common, "training.first_phase_share=1"])
+    fed = setup(cfg, tmp_path / "semantic", lambda s: None)
+    carol = fed.clients["carol"]
+    carol.on_round_spec(fed.server.open_round(1, tuple(fed.clients)))
+    phase1 = carol._private_reference()
+    assert carol.log.dp_train is not None and carol.log.dp_train.steps > 0
+
+    alone = setup(load_config(preset="smoke", overrides=common), tmp_path / "alone",
+                  lambda s: None).clients["carol"]
+    alone.train_locally(1)
+    assert not all(torch.equal(phase1[n], p) for n, p in alone.model.named_parameters()
+                   if p.requires_grad)  # one round is not yet the whole training
+    alone.train_locally(2)
+    for n, p in alone.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(phase1[n], p), n

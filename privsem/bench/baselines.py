@@ -75,11 +75,13 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _evaluate(cfg: RunConfig, client: Client, cid: str, rnd: int) -> list[dict[str, Any]]:
-    """Per-question rows (privsem.protocol.client.Client.evaluate_questions)."""
+def _evaluate(cfg: RunConfig, client: Client, cid: str, rnd: int, *,
+              route: bool = False) -> list[dict[str, Any]]:
+    """Per-question rows (privsem.protocol.client.Client.evaluate_questions). ``route``: only
+    semantic consensus answers through ``consensus.route``; a baseline holds one adapter."""
     ev = cfg.evaluation
     return client.evaluate_questions(max_new_tokens=ev.max_new_tokens,
-                                     seed=derive_seed(cfg.seed, "eval", cid, rnd))
+                                     seed=derive_seed(cfg.seed, "eval", cid, rnd), route=route)
 
 
 def _scored(method: str, rows: dict[str, list[dict[str, Any]]], **kw: Any) -> MethodRun:
@@ -274,6 +276,7 @@ def run_semantic(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> Meth
             "aborted": fed.server.abort_reason,
             "labels": {cid: c.log.labels for cid, c in fed.clients.items()},
             "labels_refused": {cid: c.log.labels_refused for cid, c in fed.clients.items()},
+            "prompts_routed": {cid: c.log.routed for cid, c in fed.clients.items()},
             "confidence": {cid: c.log.confidence for cid, c in fed.clients.items()},
             "selection": _selection_diagnostics(fed),
             "mean_agreement": float(np.mean(fed.server.consensus.agreement))
@@ -282,7 +285,7 @@ def run_semantic(cfg: RunConfig, out: Path, progress: Progress = _quiet) -> Meth
     scores = {}
     for cid, client in fed.clients.items():
         progress(f"semantic: evaluating {cid}")
-        scores[cid] = _evaluate(cfg, client, cid, cfg.rounds)
+        scores[cid] = _evaluate(cfg, client, cid, cfg.rounds, route=True)
     return _scored("semantic", scores, rounds=rounds,
                    epsilon={c: _epsilons(fed, c) for c in fed.clients})
 

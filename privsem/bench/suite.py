@@ -145,6 +145,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic-proximity-ends": {
         "training": {"first_phase_share": 0.75, "final_phase_share": 0.25},
         "consensus": {"confidence": "proximity", "accept_margin": None}},
+    # proximity routing: the phase-1 adapter (private data only) answers prompts near the
+    # client's own data, the label-trained adapter everything else
+    "semantic-proximity-routed": {
+        "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3},
+        "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True,
+                      "route": "proximity"}},
+    "semantic-proximity-ends-routed": {
+        "training": {"first_phase_share": 0.75, "final_phase_share": 0.25},
+        "consensus": {"confidence": "proximity", "accept_margin": None,
+                      "route": "proximity"}},
     "semantic-power1": {"consensus": {"confidence_power": 1.0}},
     "semantic-accept_all": {"consensus": {"accept_labels": False}},
     "semantic-accept_share": {"consensus": {"accept_share": 0.5}},

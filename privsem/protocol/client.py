@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,7 @@ class RoundLog:
     aggregation: dict[str, Any] = field(default_factory=dict)
     labels: int = 0
     labels_refused: int = 0  # pseudo-labels the client did not accept (it knew better)
+    routed: int = 0  # public prompts answered by the phase-1 adapter (consensus.route)
     confidence: list[float] | None = None  # per prompt, as released (before clip and noise)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -376,6 +378,12 @@ class Client:
                 learning_rate=t.learning_rate,
                 generator=self.rng.torch_generator("dp_sgd", self.id, rnd, *tag),
                 secure_mode=self.rng.secure, public=mix)
+        elif phase == 1 and not labels and t.first_phase_share == 1:
+            # the whole budget before the first labels, without record-level DP: phase 1 is
+            # exactly the local-only training (every planned round's passes, each with a fresh
+            # optimizer and that round's generator), so the adapter ``route`` answers the
+            # client's own topics with is the one it would have trained alone
+            stats = self._train_as_alone()
         elif mix is not None:
             stats = train_mixed(
                 self.model, self._private_t, mix, steps=steps,
@@ -396,6 +404,18 @@ class Client:
             self.store.save_adapter(self.model, checkpoint)
         self.log.status.append(f"trained on private data{' and ' + str(len(labels)) + ' pseudo-labels' if labels else ''}"
                                + (" (final phase)" if final else ""))
+
+    def _train_as_alone(self) -> TrainStats:
+        """The local-only baseline's private training for every planned round, in one phase."""
+        t = self.cfg.training
+        runs = [train_plain(self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
+                            batch_size=t.batch_size, learning_rate=t.learning_rate,
+                            generator=self.rng.torch_generator("plain", self.id, r))
+                for r in range(1, self.cfg.rounds + 1)]
+        steps = sum(r.steps for r in runs)
+        return TrainStats(steps=steps, examples_seen=sum(r.examples_seen for r in runs),
+                          empty_batches=0,
+                          mean_loss=sum(r.mean_loss * r.steps for r in runs) / max(1, steps))
 
     def _train_labels_only(self, rnd: int, labels: list[Example], *, final: bool,
                            checkpoint: str) -> None:
@@ -435,22 +455,85 @@ class Client:
         convs = [(("user", p.text),) for p in self.prompts]
         seed = self.rng.seed_for("generate", self.id, self.log.round)
         greedy = g.greedy_first and g.candidates >= 2
-        sampled = generate(
-            self.model, self.tokenizer, self.fmt, convs, k=g.candidates - int(greedy),
-            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-            batch_size=g.batch_size, seed=seed)
-        if greedy:
-            first = generate(self.model, self.tokenizer, self.fmt, convs, k=1,
-                             max_new_tokens=g.max_new_tokens, temperature=1.0, top_p=1.0,
-                             batch_size=g.batch_size, seed=seed, sample=False)
-            sampled = [f + s for f, s in zip(first, sampled, strict=True)]
-        self._cand_texts = sampled
+
+        def answer(idx: list[int]) -> list[list[str]]:
+            sub = [convs[i] for i in idx]
+            out = generate(
+                self.model, self.tokenizer, self.fmt, sub, k=g.candidates - int(greedy),
+                max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                batch_size=g.batch_size, seed=seed)
+            if greedy:
+                first = generate(self.model, self.tokenizer, self.fmt, sub, k=1,
+                                 max_new_tokens=g.max_new_tokens, temperature=1.0, top_p=1.0,
+                                 batch_size=g.batch_size, seed=seed, sample=False)
+                out = [f + s for f, s in zip(first, out, strict=True)]
+            return out
+
+        private = self._route_private([p.text for p in self.prompts])
+        self.log.routed = int(private.sum())
+        self._cand_texts = self._routed(private, answer)
         if self.store:  # client-local, like its pseudo-labels; read by the inversion audit
             self.store.save_candidates(self.log.round, self._cand_texts)
         flat = [t if t.strip() else "(empty answer)" for ts in self._cand_texts for t in ts]
         emb = self.embedder.encode(flat)  # (P·k, d)
         self._cand_emb = emb.reshape(len(self.prompts), g.candidates, -1).astype(np.float64)
         self._cand_nll = None
+
+    # ------------------------------------------------------------------ routing
+    def _private_prompt_embeddings(self) -> np.ndarray:
+        """(N, d) unit embeddings of the private prompts' last user turns: computed once, kept
+        on the client, never sent."""
+        if self._private_prompt_emb is None:
+            self._private_prompt_emb = self.embedder.encode(
+                [_last_user_turn(ex) for ex in self._private])
+        return self._private_prompt_emb
+
+    def _route_private(self, texts: list[str]) -> np.ndarray:
+        """(n,) bool: which prompts ``consensus.route`` answers with the adapter of phase 1
+        (private data only). All False without routing or before phase 1 has trained."""
+        c = self.cfg.consensus
+        if c.route == "none" or not texts:
+            return np.zeros(len(texts), dtype=bool)
+        if self.cfg.privacy.record.enabled:  # the configuration refuses it; fail closed
+            raise ProtocolAbort(f"client {self.id}: routing reads private prompts and is "
+                                "refused with record-level DP")
+        if self._private_reference() is None:
+            return np.zeros(len(texts), dtype=bool)
+        w = proximity_confidence(self.embedder.encode(texts), self._private_prompt_embeddings(),
+                                 low=c.proximity_low, high=c.proximity_high)
+        return w >= c.route_threshold
+
+    def _routed(self, private: np.ndarray, fn: Callable[[list[int]], list[Any]]) -> list[Any]:
+        """``fn(indices)`` for the items routed to the current adapter and, under the adapter
+        of phase 1, for those routed there; results back in item order. The current adapter is
+        restored afterwards, bit for bit."""
+        n = len(private)
+        out: list[Any] = [None] * n
+        for use_private in (False, True):
+            idx = [i for i in range(n) if bool(private[i]) == use_private]
+            if not idx:
+                continue
+            if use_private:
+                ref = self._private_reference()
+                if ref is None:
+                    raise ProtocolAbort(f"client {self.id}: routed to the phase-1 adapter, "
+                                        "which this client does not hold")
+                with self._swapped(ref):
+                    res = fn(idx)
+            else:
+                res = fn(idx)
+            for i, r in zip(idx, res, strict=True):
+                out[i] = r
+        return out
+
+    @contextmanager
+    def _swapped(self, state: dict[str, torch.Tensor]) -> Iterator[None]:
+        current = self._adapter_state()
+        self._load_state(state)
+        try:
+            yield
+        finally:
+            self._load_state(current)
 
     def _adapter_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters()
@@ -527,11 +610,8 @@ class Client:
             if self.cfg.privacy.record.enabled:  # the configuration refuses it; fail closed
                 raise ProtocolAbort(f"client {self.id}: the proximity confidence reads private "
                                     "data and is refused with record-level DP")
-            if self._private_prompt_emb is None:  # (N, d), computed once, never sent
-                self._private_prompt_emb = self.embedder.encode(
-                    [_last_user_turn(ex) for ex in self._private])
             w = proximity_confidence(self.embedder.encode([p.text for p in self.prompts]),
-                                     self._private_prompt_emb, low=c.proximity_low,
+                                     self._private_prompt_embeddings(), low=c.proximity_low,
                                      high=c.proximity_high)
         else:  # self_agreement
             w = self_agreement_confidence(self._cand_texts)
@@ -731,29 +811,42 @@ class Client:
             self.log.seconds[name] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate_questions(self, *, max_new_tokens: int, seed: int) -> list[dict[str, Any]]:
+    def evaluate_questions(self, *, max_new_tokens: int, seed: int,
+                           route: bool = True) -> list[dict[str, Any]]:
         """One row per held-out question: its scope (``own``: the client's topics, ``other``:
         other clients'), the greedy answer's embedding similarity and ROUGE-L against the
-        reference, the reference's mean token NLL, and whether the answer contains the key
-        (None where the question has no key)."""
+        reference, the reference's mean token NLL, whether the answer contains the key (None
+        where the question has no key), and which adapter answered (``consensus.route``; the
+        router sees the question, never its scope). ``route=False``: the current adapter answers
+        everything (the baselines, which have no federation adapter)."""
         if not self.eval_items:
             return []
         convs = [it.example.messages for it in self.eval_items]
-        answers = [a[0] for a in generate(self.model, self.tokenizer, self.fmt, convs, k=1,
-                                          max_new_tokens=max_new_tokens, temperature=1.0,
-                                          top_p=1.0, batch_size=16, seed=seed, sample=False)]
+        private = self._route_private([_last_user_turn(it.example) for it in self.eval_items]
+                                      ) if route else np.zeros(len(convs), dtype=bool)
+        data = encode_examples(self.tokenizer, self.fmt, [it.example for it in self.eval_items],
+                               self.ccfg.model.max_length)
+
+        def answer(idx: list[int]) -> list[tuple[str, float]]:
+            texts = [a[0] for a in generate(
+                self.model, self.tokenizer, self.fmt, [convs[i] for i in idx], k=1,
+                max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, batch_size=16,
+                seed=seed, sample=False)]
+            sub = torch.utils.data.TensorDataset(*(t[idx] for t in data.tensors))
+            nll = mean_reference_loss(self.model, sub)
+            return list(zip(texts, (float(x) for x in nll), strict=True))
+
+        answered = self._routed(private, answer)
+        answers = [a for a, _ in answered]
         refs = [it.example.response for it in self.eval_items]
         ea = self.embedder.encode([a if a.strip() else "(empty answer)" for a in answers])
         er = self.embedder.encode(refs)
         sims = np.sum(ea * er, axis=1)
         rouge = rouge_l(answers, refs)
-        data = encode_examples(self.tokenizer, self.fmt, [it.example for it in self.eval_items],
-                               self.ccfg.model.max_length)
-        nll = np.asarray(mean_reference_loss(self.model, data))
         return [{"scope": it.scope, "similarity": float(sims[i]), "rouge_l": float(rouge[i]),
-                 "nll": float(nll[i]),
+                 "nll": answered[i][1],
                  "key_recall": None if not it.key else float(it.key.lower() in answers[i].lower()),
-                 "answer": answers[i]}
+                 "answer": answers[i], "adapter": "private" if private[i] else "current"}
                 for i, it in enumerate(self.eval_items)]
 
     def evaluate(self, *, max_new_tokens: int, seed: int) -> dict[str, float]:

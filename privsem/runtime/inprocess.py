@@ -385,6 +385,7 @@ def client_fields(client: Client, ledger: Ledger, rnd: int, scores: dict[str, fl
         else None,
         "pseudo_labels_next_round": log.labels if rnd > 0 else 0,
         "pseudo_labels_refused": log.labels_refused if rnd > 0 else 0,
+        "prompts_routed": log.routed if rnd > 0 else 0,
         "final_train_loss": log.final_train.mean_loss if rnd > 0 and log.final_train
         else None,
         "confidence": log.confidence if rnd > 0 else None,
