@@ -151,6 +151,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3},
         "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True,
                       "route": "proximity"}},
+    # the same with twice the label passes (routing keeps them off the client's own topics)
+    "semantic-proximity-routed-passes4": {
+        "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3,
+                     "pseudo_label_epochs": 4},
+        "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True,
+                      "route": "proximity"}},
+    "semantic-proximity-routed-passes8": {
+        "training": {"first_phase_share": 1.0, "pseudo_label_learning_rate": 2e-3,
+                     "pseudo_label_epochs": 8},
+        "consensus": {"confidence": "proximity", "accept_margin": None, "own_answer": True,
+                      "route": "proximity"}},
     "semantic-proximity-ends-routed": {
         "training": {"first_phase_share": 0.75, "final_phase_share": 0.25},
         "consensus": {"confidence": "proximity", "accept_margin": None,
