@@ -390,10 +390,7 @@ class Client:
                 batch_size=t.batch_size, learning_rate=t.learning_rate,
                 generator=self.rng.torch_generator("plain", self.id, rnd, *tag))
         else:
-            stats = train_plain(
-                self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
-                batch_size=t.batch_size, learning_rate=t.learning_rate,
-                generator=self.rng.torch_generator("plain", self.id, rnd))
+            stats = self._train_alone_round(rnd)
         if final:
             self.log.final_train = stats
         else:
@@ -407,15 +404,18 @@ class Client:
 
     def _train_as_alone(self) -> TrainStats:
         """The local-only baseline's private training for every planned round, in one phase."""
-        t = self.cfg.training
-        runs = [train_plain(self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
-                            batch_size=t.batch_size, learning_rate=t.learning_rate,
-                            generator=self.rng.torch_generator("plain", self.id, r))
-                for r in range(1, self.cfg.rounds + 1)]
+        runs = [self._train_alone_round(r) for r in range(1, self.cfg.rounds + 1)]
         steps = sum(r.steps for r in runs)
         return TrainStats(steps=steps, examples_seen=sum(r.examples_seen for r in runs),
                           empty_batches=0,
                           mean_loss=sum(r.mean_loss * r.steps for r in runs) / max(1, steps))
+
+    def _train_alone_round(self, rnd: int) -> TrainStats:
+        """One round of the local-only baseline's private training (no record-level DP)."""
+        t = self.cfg.training
+        return train_plain(self.model, self._private_t, epochs=max(1, round(t.epochs_per_round)),
+                           batch_size=t.batch_size, learning_rate=t.learning_rate,
+                           generator=self.rng.torch_generator("plain", self.id, rnd))
 
     def _train_labels_only(self, rnd: int, labels: list[Example], *, final: bool,
                            checkpoint: str) -> None:
