@@ -38,6 +38,10 @@ SELECTION_MODES = ("local", "shared")
 TRAINING_SCHEDULES = ("mixed", "sequential")
 NOMINATIONS = ("likeliest", "nearest")
 ROUTES = ("none", "proximity")  # consensus.route
+# ``consensus.confidence`` / ``consensus.route``: "auto" picks what the regime allows, resolved
+# in RunConfig: proximity (confidence and routing) without record-level DP, ``gain`` and no
+# routing with it (proximity reads the private prompts directly).
+AUTO = "auto"
 CANARY_FORMATS = ("digits", "words")
 # Secret length limits: at least 10^4 possible secrets (fewer could be guessed by chance), at
 # most 2^53 (the exact sampler's range); words are drawn from a fixed 100-word vocabulary
@@ -117,14 +121,16 @@ class TrainingConfig:
       same DP-SGD steps, and so the same σ at the same target, as local-only training):
       ``first_phase_share`` of it in phase 1, so that the first candidates come from a model
       that has learnt from its data, and the rest spread evenly over the other R phases (null:
-      all R + 1 phases even; 1: all of it in phase 1, and the later phases train on labels only,
-      ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``, touching no private
-      data and charging nothing). ``final_phase_share`` (with ``first_phase_share``) keeps
+      all R + 1 phases even; 1, the default: all of it in phase 1, and the later phases train
+      on labels only, ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``,
+      touching no private data and charging nothing; without record-level DP, phase 1 is then
+      exactly local-only training, and ``consensus.route`` answers a client's own topics with
+      that adapter). ``final_phase_share`` (with ``first_phase_share``) keeps
       that share of the budget for the last phase, after the last round's labels, so a client
       ends on its private data and the labels together; the phases between share what is left
       (nothing, when the two shares add up to 1: they train on labels only). Each private
-      step is paired with ``pseudo_label_ratio`` pseudo-labelled examples per private example: in one batch and one loss without DP; as a
-      separate, non-private step after each DP-SGD step with DP (the labels are
+      step is paired with ``pseudo_label_ratio`` pseudo-labelled examples per private example:
+      in one batch and one loss without DP; as a separate, non-private step after each DP-SGD step with DP (the labels are
       post-processing of DP releases and cost nothing). A phase makes at least
       ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for
       that, it adds label-only steps, spread evenly among the private ones.
@@ -137,11 +143,11 @@ class TrainingConfig:
     epochs_per_round: float = 1.0
     learning_rate: float = 2e-3
     schedule: str = "mixed"
-    first_phase_share: float | None = 0.75
+    first_phase_share: float | None = 1.0
     final_phase_share: float | None = None
     pseudo_label_ratio: float = 1.0
-    pseudo_label_epochs: int = 2
-    pseudo_label_learning_rate: float = 1e-3
+    pseudo_label_epochs: int = 8
+    pseudo_label_learning_rate: float = 2e-3
     pseudo_label_batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -375,7 +381,8 @@ class ConsensusConfig:
     # Expertise (privsem.confidence): each client weighs its answer to prompt j by a confidence
     # w_j ∈ [0, 1] from its own model, raised to ``confidence_power``; the upload carries the
     # rows w·e and the column w, and the server forms Σ w·e / Σ w. ``none``: the plain mean.
-    confidence: str = "gain"
+    # ``auto``: ``proximity`` without record-level DP, ``gain`` with it.
+    confidence: str = AUTO
     confidence_power: float = 4.0
     # ``proximity``: the largest cosine similarity of the public prompt to a private prompt,
     # mapped from [proximity_low, proximity_high] onto [0, 1] (refused with record-level DP)
@@ -393,11 +400,11 @@ class ConsensusConfig:
     accept_labels: bool = True
     accept_confidence: float = 0.2
     accept_share: float | None = None
-    accept_margin: float | None = 0.5
+    accept_margin: float | None = None
     # Where a client refuses a label, it trains on its own answer instead (``own_answer``: the
     # greedy candidate with ``generation.greedy_first``, else its likeliest candidate): it
     # rehearses what it knows on the public phrasing, reading no private example.
-    own_answer: bool = False
+    own_answer: bool = True
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
     nominate: str = "likeliest"
@@ -406,15 +413,16 @@ class ConsensusConfig:
     # power) is at least ``route_threshold`` is answered by the adapter of training phase 1
     # (private data only), every other prompt by the current adapter (labels trained in): what
     # the federation teaches never overwrites what the client's own data taught it. Reads the
-    # private prompts, so refused with record-level DP; needs the ``mixed`` schedule.
-    route: str = "none"
+    # private prompts, so refused with record-level DP; needs the ``mixed`` schedule. ``auto``:
+    # ``proximity`` where both hold (no record-level DP, the mixed schedule), else ``none``.
+    route: str = AUTO
     route_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         from privsem.confidence import CONFIDENCES
 
-        _check(self.confidence in CONFIDENCES, "confidence", self.confidence,
-               f"use one of {', '.join(CONFIDENCES)}")
+        _check(self.confidence in (AUTO, *CONFIDENCES), "confidence", self.confidence,
+               f"use one of {', '.join((AUTO, *CONFIDENCES))}")
         _positive("confidence_power", self.confidence_power)
         _check(math.isfinite(self.proximity_low) and math.isfinite(self.proximity_high)
                and 0 <= self.proximity_low < self.proximity_high <= 1, "proximity_low",
@@ -432,7 +440,8 @@ class ConsensusConfig:
                                               and self.accept_margin >= 0), "accept_margin",
                self.accept_margin, "use a finite number of nats per token >= 0, or null to "
                "refuse every label where the client knows")
-        _check(self.route in ROUTES, "route", self.route, f"use one of {', '.join(ROUTES)}")
+        _check(self.route in (AUTO, *ROUTES), "route", self.route,
+               f"use one of {', '.join((AUTO, *ROUTES))}")
         _check(math.isfinite(self.route_threshold) and 0 < self.route_threshold <= 1,
                "route_threshold", self.route_threshold,
                "use a value in (0, 1] on the proximity ramp")
@@ -574,6 +583,14 @@ class RunConfig:
                    self.privacy.client.placement, "distributed placement needs privacy.client "
                    "enabled")
         c = self.consensus
+        if AUTO in (c.confidence, c.route):
+            record = self.privacy.record.enabled
+            c = dataclasses.replace(
+                c, confidence=(("gain" if record else "proximity") if c.confidence == AUTO
+                               else c.confidence),
+                route=(("none" if record or self.training.schedule != "mixed" else "proximity")
+                       if c.route == AUTO else c.route))
+            object.__setattr__(self, "consensus", c)  # resolved: RUN_DIR/config.yaml says which
         if c.operator != "mean":
             _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,
                    "operators other than 'mean' need individual vectors: use the plaintext "

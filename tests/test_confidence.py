@@ -293,7 +293,8 @@ def test_a_client_that_knows_keeps_its_own_answer(tmp_path, margin, kept):
     from privsem.protocol.client import RoundLog
 
     cfg = load_config(preset="smoke", overrides=["evaluation.enabled=false", "max_prompts=4",
-                                                 "rounds=1", f"consensus.accept_margin={margin}"])
+                                                 "rounds=1", f"consensus.accept_margin={margin}",
+                                                 "consensus.own_answer=false"])
     fed = setup(cfg, tmp_path / "run", lambda s: None)
     carol = fed.clients["carol"]
     spec = fed.server.open_round(1, tuple(fed.clients))
@@ -463,8 +464,9 @@ def test_the_whole_budget_in_phase_one_is_the_local_only_training(tmp_path):
     phase1 = carol._private_reference()
     assert carol.log.dp_train is not None and carol.log.dp_train.steps > 0
 
-    alone = setup(load_config(preset="smoke", overrides=common), tmp_path / "alone",
-                  lambda s: None).clients["carol"]
+    # the local-only baseline as the bench runs it: R phases of private data only
+    alone = setup(load_config(preset="smoke", overrides=[*common, "training.schedule=sequential"]),
+                  tmp_path / "alone", lambda s: None).clients["carol"]
     alone.train_locally(1)
     assert not all(torch.equal(phase1[n], p) for n, p in alone.model.named_parameters()
                    if p.requires_grad)  # one round is not yet the whole training

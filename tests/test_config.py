@@ -99,3 +99,31 @@ def test_shipped_example_configs_load():
     for f in files:
         cfg = load_config(str(f))
         assert cfg.clients
+
+
+def test_auto_confidence_and_route_resolve_to_what_the_regime_allows(tmp_path):
+    """The default (``auto``) is proximity confidence and routing without record-level DP, the
+    model-only ``gain`` and no routing with it (proximity reads the private prompts), and no
+    routing under the sequential schedule (it keeps no phase-1 adapter). An explicit choice is
+    kept as given, and the config written to the run folder is the resolved one."""
+    off = ["privacy.record.enabled=false", "privacy.client.enabled=false"]
+    cfg = load_config(preset="smoke", overrides=off)
+    assert (cfg.consensus.confidence, cfg.consensus.route) == ("proximity", "proximity")
+    dp = load_config(preset="smoke", overrides=["privacy.record.enabled=true"])
+    assert (dp.consensus.confidence, dp.consensus.route) == ("gain", "none")
+    seq = load_config(preset="smoke", overrides=[*off, "training.schedule=sequential"])
+    assert (seq.consensus.confidence, seq.consensus.route) == ("proximity", "none")
+    mine = load_config(preset="smoke", overrides=[*off, "consensus.confidence=likelihood",
+                                                  "consensus.route=none"])
+    assert (mine.consensus.confidence, mine.consensus.route) == ("likelihood", "none")
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_yaml(cfg))
+    text = p.read_text()
+    assert "confidence: proximity" in text and "route: proximity" in text
+    assert load_config(str(p)) == cfg
+    # an explicit data-reading choice under record-level DP still fails closed
+    for override in ("consensus.route=proximity", "consensus.confidence=proximity"):
+        with pytest.raises(ConfigError, match="post-processing"):
+            load_config(preset="smoke", overrides=["privacy.record.enabled=true", override])
+    with pytest.raises(ConfigError, match="auto"):
+        load_config(preset="smoke", overrides=["consensus.route=sometimes"])

@@ -24,20 +24,24 @@ def test_smoke_run_writes_the_four_files(tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     rows = _rows(out / "metrics.jsonl")
     assert {r["round"] for r in rows} == {0, 1, 2} and len(rows) == 9
+    # the default puts the whole private budget in phase 1 (round 1's DP-SGD); the later
+    # phases train on the labels alone, the last one after round 2's labels
+    assert all(r["train_loss"] is not None for r in rows if r["round"] == 1)
     r2 = [r for r in rows if r["round"] == 2]
     for r in r2:
-        for key in ("client", "model", "bytes_up", "bytes_down", "seconds", "train_loss",
-                    "own_similarity", "other_similarity", "mean_agreement"):
+        assert r["train_loss"] is None
+        for key in ("client", "model", "bytes_up", "bytes_down", "seconds", "pseudo_label_loss",
+                    "final_train_loss", "own_similarity", "other_similarity", "mean_agreement"):
             assert r[key] is not None, key
         assert r["bytes_up"] > 6 * 384 * 4  # the (6 × 384) float32 matrix at least
         assert r["epsilon_record"] == pytest.approx(8.0, abs=1e-3)
         assert r["epsilon_client"] == pytest.approx(8.0, abs=1e-3)
     ledger = _rows(out / "ledger.jsonl")
-    # clients × rounds × (dp_sgd, embedding, zero-cost note of the noise present: T26), and
-    # per client the mixed schedule's final phase on the last round's labels
-    assert len(ledger) == 3 * 2 * 3 + 3
+    # per client one dp_sgd (phase 1, the whole planned ε), and per round the embedding and
+    # the zero-cost note of the noise present (T26); label-only phases charge nothing
+    assert len(ledger) == 3 * (1 + 2 * 2)
     assert sorted({e["mechanism"] for e in ledger}) == [
-        "dp_sgd", "dp_sgd_final", "embedding_discrete_gaussian", "noise_present"]
+        "dp_sgd", "embedding_discrete_gaussian", "noise_present"]
     upload = next(e for e in ledger if e["mechanism"] == "embedding_discrete_gaussian")
     assert upload["detail"]["shape"] == [6, 385]  # the rows w·e and the confidence column
     report = (out / "report.md").read_text()
@@ -65,24 +69,38 @@ def test_deterministic_under_a_seed(tmp_path):
                                                                 timing)
 
 
+@pytest.mark.parametrize("share", [0.75, 1])
 def test_T27_budget_exhausted_client_refuses_before_touching_private_data(tmp_path,
-                                                                         monkeypatch):
-    # A record budget below one round's spend: the client must refuse DP-SGD outright.
+                                                                         monkeypatch, share):
+    # A record budget below one round's spend: the client must refuse DP-SGD outright. The
+    # ¾ split keeps private steps for the phase after the labels, which must be refused too.
     cfg = load_config(preset="smoke", overrides=[*SMOKE, "rounds=1", "evaluation.enabled=false",
-                                                 "privacy.record.budget=0.5"])
+                                                 "privacy.record.budget=0.5",
+                                                 f"training.first_phase_share={share}"])
     import privsem.protocol.client as client_mod
 
     def forbidden(*a, **k):
         raise AssertionError("private training ran although the budget was exhausted")
 
+    labels_only = []
+
+    def plain(model, data, **k):  # label-only passes (share 1) read at most the 4 labels
+        if len(data) > 4:
+            raise AssertionError(f"plain training on {len(data)} examples: private data")
+        labels_only.append(len(data))
+        return real_plain(model, data, **k)
+
+    real_plain = client_mod.train_plain
     monkeypatch.setattr(client_mod, "train_dp_sgd", forbidden)
-    monkeypatch.setattr(client_mod, "train_plain", forbidden)
+    monkeypatch.setattr(client_mod, "train_mixed", forbidden)
+    monkeypatch.setattr(client_mod, "train_plain", plain if share == 1 else forbidden)
     fed = setup(cfg, tmp_path, lambda s: None)
     run_round(fed, 1, lambda s: None)
     for c in fed.clients.values():
         assert c.log.dp_train is None
         assert any("refused private training" in s for s in c.log.status)
     assert all(e.unit == "client" for e in fed.ledger.entries)  # no record-level charge
+    assert bool(labels_only) == (share == 1)  # share 1: the labels are still trained on
 
 
 def test_T27_client_budget_refusal_means_no_upload(tmp_path):

@@ -121,9 +121,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "semantic": {},
     "semantic+client": {"privacy": {"client": {"enabled": True}}},
     # the earlier protocol: plain mean, labels trained on after private training, every label
-    "semantic-sequential": {"training": {"schedule": "sequential", "pseudo_label_epochs": 1},
+    "semantic-sequential": {"training": {"schedule": "sequential", "pseudo_label_epochs": 1,
+                                         "pseudo_label_learning_rate": 1e-3},
                             "consensus": {"confidence": "none", "accept_labels": False,
                                           "nominate": "nearest"}},
+    # the default before routing (stops 23–29): ¾ of the private budget before round 1, the
+    # rest mixed with the labels; ``gain`` confidence; refuse a label only 0.5 nats less likely
+    "semantic-unrouted": {
+        "training": {"first_phase_share": 0.75, "pseudo_label_epochs": 2,
+                     "pseudo_label_learning_rate": 1e-3},
+        "consensus": {"confidence": "gain", "route": "none", "accept_margin": 0.5,
+                      "own_answer": False}},
     "semantic-nearest": {"consensus": {"nominate": "nearest"}},
     "semantic-mean": {"consensus": {"confidence": "none"}},
     "semantic-likelihood": {"consensus": {"confidence": "likelihood"}},
@@ -466,7 +474,8 @@ def _sha256_file(path: str | Path) -> str:
 # that the baselines' results do not change with them.
 SEMANTIC_ONLY = {"consensus": None, "generation": None,
                  "training": ("pseudo_label_ratio", "pseudo_label_epochs", "first_phase_share",
-                              "final_phase_share")}
+                              "final_phase_share", "pseudo_label_learning_rate",
+                              "pseudo_label_batch_size")}
 
 
 def method_inputs(cfg: RunConfig, method: str) -> dict[str, Any]:

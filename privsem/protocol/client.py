@@ -378,7 +378,8 @@ class Client:
                 learning_rate=t.learning_rate,
                 generator=self.rng.torch_generator("dp_sgd", self.id, rnd, *tag),
                 secure_mode=self.rng.secure, public=mix)
-        elif phase == 1 and not labels and t.first_phase_share == 1:
+        elif (phase == 1 and not labels and t.schedule == "mixed"
+              and t.first_phase_share == 1):
             # the whole budget before the first labels, without record-level DP: phase 1 is
             # exactly the local-only training (every planned round's passes, each with a fresh
             # optimizer and that round's generator), so the adapter ``route`` answers the
