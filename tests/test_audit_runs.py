@@ -160,6 +160,9 @@ def test_T34_T43_canary_audit_of_a_non_private_run(fast_run, capsys):
         assert (d / name).is_file() and (d / name).stat().st_size > 0
     r = json.loads((d / "canary_audit.json").read_text())
     assert r["accounted"]["epsilon"] == "inf" and not r["contradiction"]
+    # without record-level DP the run routes: prompts near alice's data (her canaries) are
+    # answered by the adapter of phase 1, so that is the one audited
+    assert r["adapter"] == "trained-1"
     # the non-private model memorised its canaries (observed AUC ≈ 0.95-1.0 for all three)
     assert r["attacks"]["loss"]["auc"] > 0.8 and r["attacks"]["reference"]["auc"] > 0.8
     assert r["one_run"]["epsilon_lower_bound"] > 0.05
@@ -303,6 +306,7 @@ def test_T43_T44_dp_run_is_not_refuted_and_masked_uploads_decode(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "audit" / "canary_audit.json").read_text())
     assert r["accounted"]["epsilon"] == pytest.approx(8.0, abs=1e-3)
+    assert r["adapter"] == "end-2"  # record-level DP: no routing, the last round's adapter
     assert r["one_run"]["epsilon_lower_bound"] <= 8.0 and not r["contradiction"]
     assert r["verbatim"]["pseudo_labels"]["clean"]
     assert main(["audit", "inversion", str(out), "--client", "alice", "--no-report"]) == 0

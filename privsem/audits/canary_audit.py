@@ -54,6 +54,7 @@ from privsem.audits.canaries import (
 )
 from privsem.audits.folder import (
     RunFolder,
+    audited_adapter,
     elapsed,
     json_number,
     load_client_model,
@@ -275,6 +276,7 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
 
     result: dict[str, Any] = {
         "audit": "canaries", "run": run.cfg.name, "client": planted.client, "round": rnd,
+        "adapter": audited_adapter(run, rnd),
         "model": ccfg.model.name, "canaries": len(planted.canaries),
         "members": int(inc.sum()), "space_size": planted.fmt.space_size,
         "format": {"template": planted.fmt.template.replace("{secret}", "<secret>"),

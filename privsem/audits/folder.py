@@ -106,12 +106,24 @@ def open_run(run_dir: str | Path) -> RunFolder:
     return RunFolder(path=path, cfg=cfg, completed=max(completed, 0), resumes=resumes)
 
 
+def audited_adapter(run: RunFolder, rnd: int) -> str:
+    """The checkpoint an audit of round ``rnd`` scores. Without routing, the adapter the client
+    held at the end of that round. With ``consensus.route`` on, prompts near the client's own
+    data (its private examples and anything phrased like them) are answered by the adapter of
+    training phase 1, which saw the private data and no label since, so that adapter is the one
+    that answers an attacker's queries about members: it is audited."""
+    c = run.cfg
+    if c.consensus.route != "none" and c.training.schedule == "mixed":
+        return "trained-1"
+    return f"end-{rnd}"
+
+
 def load_client_model(run: RunFolder, client_id: str, rnd: int
                       ) -> tuple[PeftModel, PreTrainedTokenizerBase, str]:
     """``client_id``'s model after round ``rnd``: its base model, loaded as the run loaded it,
-    with the LoRA adapter the client checkpointed at the end of that round. Returns the model
-    (eval mode; ``with model.disable_adapter():`` gives the base model), its tokenizer and its
-    prompt format."""
+    with the LoRA adapter of :func:`audited_adapter`. Returns the model (eval mode;
+    ``with model.disable_adapter():`` gives the base model), its tokenizer and its prompt
+    format."""
     from privsem.models.loading import TINY, load_model
     from privsem.models.prompting import resolve_format
     from privsem.models.training import add_lora
@@ -119,10 +131,11 @@ def load_client_model(run: RunFolder, client_id: str, rnd: int
 
     ccfg = run.client(client_id)
     store = ClientStore(run.state(client_id))
-    tag = f"end-{rnd}"
+    tag = audited_adapter(run, rnd)
     if not store.has_adapter(tag):
         raise DataError(str(store.root / f"adapter-{tag}.safetensors"), None,
-                        f"missing; client {client_id} checkpointed no adapter after round {rnd}")
+                        f"missing; client {client_id} checkpointed no adapter {tag!r} (the "
+                        f"adapter an audit of round {rnd} scores)")
     if ccfg.model.name in TINY and run.cfg.privacy.randomness != "seeded":
         raise DataError(ccfg.model.name, None, "a randomly initialised model of a run with "
                         "privacy.randomness: os cannot be rebuilt (its initial weights came from "

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from privsem.audits.folder import (
+    audited_adapter,
     elapsed,
     json_number,
     load_client_model,
@@ -121,6 +122,7 @@ def run_mia_audit(run_dir: str | Path, client: str, *, round: int | None = None,
     rd = run.cfg.privacy.record
     result: dict[str, Any] = {
         "audit": "mia", "run": run.cfg.name, "client": client, "round": rnd,
+        "adapter": audited_adapter(run, rnd),
         "model": ccfg.model.name, "members": n, "nonmembers": len(non),
         "nonmember_source": source, "record_dp_enabled": rd.enabled,
         "accounted": {"unit": "record", "delta": rd.delta,
