@@ -165,8 +165,8 @@ def test_T19_plan_rate_is_B_over_the_N_trained_on():
         ev = p.round_event()  # the ledger's event: Poisson sampling at exactly that rate
         assert ev.event.sampling_probability == pytest.approx(p.sample_rate)
         assert ev.count == p.steps_per_round
-    # mixed (the default): the same private budget over R + 1 phases, most of it in phase 1
-    cfg = load_config(preset="smoke")
+    # mixed with the ¾ split: the same private budget over R + 1 phases, most of it in phase 1
+    cfg = load_config(preset="smoke", overrides=["training.first_phase_share=0.75"])
     mixed = make_plan(cfg, sizes, prompts=6)
     R = cfg.rounds
     for cid, n in sizes.items():
@@ -181,6 +181,13 @@ def test_T19_plan_rate_is_B_over_the_N_trained_on():
             assert ev.count == p.steps(phase)
         with pytest.raises(ValueError, match="no training phase"):
             p.steps(R + 2)
+    # the default (share 1): the whole budget in phase 1, the later phases without DP-SGD
+    default = make_plan(load_config(preset="smoke"), sizes, prompts=6)
+    for cid, n in sizes.items():
+        p = default.clients[cid]
+        budget = R * math.ceil(cfg.training.epochs_per_round * n / 8)
+        assert p.phase_steps == (budget,) + (0,) * R
+        assert p.round_event(1).count == budget
 
 
 def test_T19_client_refuses_data_its_plan_was_not_made_for(tmp_path):
@@ -339,9 +346,11 @@ def test_phase_split_keeps_the_budget_and_the_final_share():
             assert total <= sum(split) <= total + 2 and min(split) >= 0
             if first + final == 1:
                 assert sum(split) == total and split[1:3] == (0, 0)
-    cfg = load_config(preset="smoke", overrides=["training.final_phase_share=0.25"])
+    three_quarters = ["training.first_phase_share=0.75"]
+    cfg = load_config(preset="smoke", overrides=[*three_quarters, "training.final_phase_share=0.25"])
     assert cfg.training.final_phase_share == 0.25
-    for bad in (["training.final_phase_share=0.5"],  # 0.75 + 0.5 > 1
+    for bad in ([*three_quarters, "training.final_phase_share=0.5"],  # 0.75 + 0.5 > 1
+                ["training.final_phase_share=0.25"],  # the default share 1 leaves nothing
                 ["training.final_phase_share=0.2", "training.first_phase_share=null"],
                 ["training.final_phase_share=1.5"]):
         with pytest.raises(ConfigError, match="final_phase_share"):
