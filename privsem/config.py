@@ -130,8 +130,8 @@ class TrainingConfig:
       ends on its private data and the labels together; the phases between share what is left
       (nothing, when the two shares add up to 1: they train on labels only). Each private
       step is paired with ``pseudo_label_ratio`` pseudo-labelled examples per private example:
-      in one batch and one loss without DP; as a separate, non-private step after each DP-SGD step with DP (the labels are
-      post-processing of DP releases and cost nothing). A phase makes at least
+      in one batch and one loss without DP; as a separate, non-private step after each DP-SGD
+      step with DP (the labels are post-processing of DP releases and cost nothing). A phase makes at least
       ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for
       that, it adds label-only steps, spread evenly among the private ones.
     - ``sequential`` (the earlier schedule, kept for the ablation): per round, private training
@@ -535,6 +535,17 @@ class FlowerConfig:
                "name at least one stage (spec, consensus, or a back-end stage such as input)")
 
 
+def _resolve_auto(c: ConsensusConfig, *, record_dp: bool, schedule: str) -> ConsensusConfig:
+    """``auto`` confidence and route: proximity where the regime allows reading the private
+    prompts (no record-level DP; routing also needs the mixed schedule's phase-1 adapter)."""
+    confidence, route = c.confidence, c.route
+    if confidence == AUTO:
+        confidence = "gain" if record_dp else "proximity"
+    if route == AUTO:
+        route = "proximity" if not record_dp and schedule == "mixed" else "none"
+    return dataclasses.replace(c, confidence=confidence, route=route)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """A whole federation run, resolved. Written to ``RUN_DIR/config.yaml``."""
@@ -584,12 +595,8 @@ class RunConfig:
                    "enabled")
         c = self.consensus
         if AUTO in (c.confidence, c.route):
-            record = self.privacy.record.enabled
-            c = dataclasses.replace(
-                c, confidence=(("gain" if record else "proximity") if c.confidence == AUTO
-                               else c.confidence),
-                route=(("none" if record or self.training.schedule != "mixed" else "proximity")
-                       if c.route == AUTO else c.route))
+            c = _resolve_auto(c, record_dp=self.privacy.record.enabled,
+                              schedule=self.training.schedule)
             object.__setattr__(self, "consensus", c)  # resolved: RUN_DIR/config.yaml says which
         if c.operator != "mean":
             _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,
