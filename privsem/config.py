@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeGuard, TypeVar, Union
 
 import yaml
 
@@ -52,6 +52,12 @@ CANARY_LENGTHS = {"digits": (4, 15), "words": (2, 7)}
 def _check(cond: bool, name: str, value: object, fix: str) -> None:
     if not cond:
         raise ConfigError(name, value, fix)
+
+
+def _number(value: object) -> TypeGuard[float]:
+    """A finite int or float, not a bool (for fields that may also say ``auto``)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _positive(name: str, value: float) -> None:
@@ -121,8 +127,8 @@ class TrainingConfig:
       same DP-SGD steps, and so the same σ at the same target, as local-only training):
       ``first_phase_share`` of it in phase 1, so that the first candidates come from a model
       that has learnt from its data, and the rest spread evenly over the other R phases (null:
-      all R + 1 phases even; 1, the default: all of it in phase 1, and the later phases train
-      on labels only, ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``,
+      all R + 1 phases even; ``auto``, the default: 1 when the run routes, else 0.75; 1: all
+      of it in phase 1, and the later phases train on labels only, ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``,
       touching no private data and charging nothing; without record-level DP, phase 1 is then
       exactly local-only training, and ``consensus.route`` answers a client's own topics with
       that adapter). ``final_phase_share`` (with ``first_phase_share``) keeps
@@ -143,11 +149,13 @@ class TrainingConfig:
     epochs_per_round: float = 1.0
     learning_rate: float = 2e-3
     schedule: str = "mixed"
-    first_phase_share: float | None = 1.0
+    # ``auto`` (the three below, and ``consensus.accept_margin`` / ``own_answer``): the label
+    # recipe of the regime (:data:`LABEL_RECIPES`), resolved in RunConfig.
+    first_phase_share: float | str | None = AUTO
     final_phase_share: float | None = None
     pseudo_label_ratio: float = 1.0
-    pseudo_label_epochs: int = 8
-    pseudo_label_learning_rate: float = 2e-3
+    pseudo_label_epochs: int | str = AUTO
+    pseudo_label_learning_rate: float | str = AUTO
     pseudo_label_batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -156,23 +164,28 @@ class TrainingConfig:
         _positive("learning_rate", self.learning_rate)
         _check(self.schedule in TRAINING_SCHEDULES, "schedule", self.schedule,
                f"use one of {', '.join(TRAINING_SCHEDULES)}")
+        first = self.first_phase_share
+        _check(first is None or first == AUTO or (_number(first) and 0 < first <= 1),
+               "first_phase_share", first,
+               "use a fraction in (0, 1], null to spread the budget evenly, or auto")
         if self.final_phase_share is not None:
             _check(math.isfinite(self.final_phase_share) and 0 < self.final_phase_share < 1
-                   and self.first_phase_share is not None
-                   and self.first_phase_share + self.final_phase_share <= 1 + 1e-9,
+                   and first is not None
+                   and (first == AUTO or resolved(first, "first_phase_share")
+                        + self.final_phase_share <= 1 + 1e-9),
                    "final_phase_share", self.final_phase_share,
                    "use a fraction in (0, 1) with first_phase_share set and the two adding up "
-                   "to at most 1, or null")
-        if self.first_phase_share is not None:
-            _check(math.isfinite(self.first_phase_share) and 0 < self.first_phase_share <= 1,
-                   "first_phase_share", self.first_phase_share,
-                   "use a fraction in (0, 1], or null to spread the budget evenly")
+                   "to at most 1 (auto resolves to 1 with routing, 0.75 without), or null")
         _check(math.isfinite(self.pseudo_label_ratio) and self.pseudo_label_ratio >= 0,
                "pseudo_label_ratio", self.pseudo_label_ratio,
                "use a finite number >= 0 (0 trains on private data only)")
-        _check(self.pseudo_label_epochs >= 0, "pseudo_label_epochs", self.pseudo_label_epochs,
-               "use an integer >= 0 (0 turns pseudo-label fine-tuning off)")
-        _positive("pseudo_label_learning_rate", self.pseudo_label_learning_rate)
+        epochs, rate = self.pseudo_label_epochs, self.pseudo_label_learning_rate
+        _check(epochs == AUTO or (isinstance(epochs, int) and not isinstance(epochs, bool)
+                                  and epochs >= 0),
+               "pseudo_label_epochs", epochs,
+               "use an integer >= 0 (0 turns pseudo-label fine-tuning off), or auto")
+        _check(rate == AUTO or (_number(rate) and 0 < rate),
+               "pseudo_label_learning_rate", rate, "use a finite number > 0, or auto")
         _check(self.pseudo_label_batch_size >= 1, "pseudo_label_batch_size",
                self.pseudo_label_batch_size, "use an integer >= 1")
 
@@ -400,11 +413,12 @@ class ConsensusConfig:
     accept_labels: bool = True
     accept_confidence: float = 0.2
     accept_share: float | None = None
-    accept_margin: float | None = None
+    accept_margin: float | str | None = AUTO
     # Where a client refuses a label, it trains on its own answer instead (``own_answer``: the
     # greedy candidate with ``generation.greedy_first``, else its likeliest candidate): it
     # rehearses what it knows on the public phrasing, reading no private example.
-    own_answer: bool = True
+    # ``auto`` (both): the label recipe of the regime (:data:`LABEL_RECIPES`).
+    own_answer: bool | str = AUTO
     # Shared selection: which of its candidates a client nominates: ``likeliest`` (the one its
     # own model finds most likely) or ``nearest`` (the one nearest the consensus point).
     nominate: str = "likeliest"
@@ -436,10 +450,12 @@ class ConsensusConfig:
                                              and 0 < self.accept_share <= 1), "accept_share",
                self.accept_share, "use a share of the federation's confidence in (0, 1], or "
                "null for the federation's mean")
-        _check(self.accept_margin is None or (math.isfinite(self.accept_margin)
-                                              and self.accept_margin >= 0), "accept_margin",
-               self.accept_margin, "use a finite number of nats per token >= 0, or null to "
-               "refuse every label where the client knows")
+        margin = self.accept_margin
+        _check(margin is None or margin == AUTO or (_number(margin) and margin >= 0),
+               "accept_margin", margin, "use a finite number of nats per token >= 0, null to "
+               "refuse every label where the client knows, or auto")
+        _check(isinstance(self.own_answer, bool) or self.own_answer == AUTO, "own_answer",
+               self.own_answer, "use true, false or auto")
         _check(self.route in (AUTO, *ROUTES), "route", self.route,
                f"use one of {', '.join((AUTO, *ROUTES))}")
         _check(math.isfinite(self.route_threshold) and 0 < self.route_threshold <= 1,
@@ -535,15 +551,53 @@ class FlowerConfig:
                "name at least one stage (spec, consensus, or a back-end stage such as input)")
 
 
-def _resolve_auto(c: ConsensusConfig, *, record_dp: bool, schedule: str) -> ConsensusConfig:
-    """``auto`` confidence and route: proximity where the regime allows reading the private
-    prompts (no record-level DP; routing also needs the mixed schedule's phase-1 adapter)."""
+# The label recipe ``auto`` resolves to (training.first_phase_share, pseudo_label_epochs,
+# pseudo_label_learning_rate; consensus.accept_margin, own_answer), by whether the run routes.
+# Routed: the client answers its own topics with its phase-1 adapter, so the labels may be
+# trained hard (8 passes) without overwriting them. Not routed (always under record-level DP):
+# the labels reach the same adapter that answers the client's own topics, so the recipe stays
+# gentle (the earlier default): 8 passes over a noisy consensus cost the DP demo's clients
+# 0.05-0.1 of own-topic similarity (docs/expertise.md).
+LABEL_RECIPES: dict[bool, dict[str, dict[str, Any]]] = {
+    True: {"training": {"first_phase_share": 1.0, "pseudo_label_epochs": 8,
+                        "pseudo_label_learning_rate": 2e-3},
+           "consensus": {"accept_margin": None, "own_answer": True}},
+    False: {"training": {"first_phase_share": 0.75, "pseudo_label_epochs": 2,
+                         "pseudo_label_learning_rate": 1e-3},
+            "consensus": {"accept_margin": 0.5, "own_answer": False}},
+}
+
+V = TypeVar("V")
+
+
+def resolved(value: V | str, name: str) -> V:
+    """``value`` of a field that may say ``auto``, once RunConfig has resolved it."""
+    if isinstance(value, str):
+        raise ConfigError(name, value, "'auto' is resolved when the whole run configuration is "
+                          "built (RunConfig); read this field from a RunConfig, or set a value")
+    return value
+
+
+def _resolve_auto(c: ConsensusConfig, t: TrainingConfig, *,
+                  record_dp: bool) -> tuple[ConsensusConfig, TrainingConfig]:
+    """``auto`` settings: proximity confidence and routing where the regime allows reading the
+    private prompts (no record-level DP; routing also needs the mixed schedule's phase-1
+    adapter), then the label recipe of :data:`LABEL_RECIPES` for whether the run routes."""
     confidence, route = c.confidence, c.route
     if confidence == AUTO:
         confidence = "gain" if record_dp else "proximity"
     if route == AUTO:
-        route = "proximity" if not record_dp and schedule == "mixed" else "none"
-    return dataclasses.replace(c, confidence=confidence, route=route)
+        route = "proximity" if not record_dp and t.schedule == "mixed" else "none"
+    recipe = LABEL_RECIPES[route != "none"]
+    c = dataclasses.replace(c, confidence=confidence, route=route, **{
+        k: v for k, v in recipe["consensus"].items() if getattr(c, k) == AUTO})
+    auto = {k: v for k, v in recipe["training"].items() if getattr(t, k) == AUTO}
+    if auto:
+        try:
+            t = dataclasses.replace(t, **auto)
+        except ConfigError as e:
+            raise ConfigError(f"training.{e.field}", e.value, e.fix) from None
+    return c, t
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -593,11 +647,10 @@ class RunConfig:
             _check(self.privacy.client.enabled, "privacy.client.placement",
                    self.privacy.client.placement, "distributed placement needs privacy.client "
                    "enabled")
-        c = self.consensus
-        if AUTO in (c.confidence, c.route):
-            c = _resolve_auto(c, record_dp=self.privacy.record.enabled,
-                              schedule=self.training.schedule)
-            object.__setattr__(self, "consensus", c)  # resolved: RUN_DIR/config.yaml says which
+        c, t = _resolve_auto(self.consensus, self.training,
+                             record_dp=self.privacy.record.enabled)
+        object.__setattr__(self, "consensus", c)  # resolved: RUN_DIR/config.yaml says which
+        object.__setattr__(self, "training", t)
         if c.operator != "mean":
             _check(self.aggregation.backend == "plaintext", "consensus.operator", c.operator,
                    "operators other than 'mean' need individual vectors: use the plaintext "
@@ -644,7 +697,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, path)
+        if isinstance(value, str) and str in args:
+            return value  # a word such as ``auto``: the dataclass checks which it allows
+        others = [a for a in args if a is not str]
+        return _convert(others[0] if others else str, value, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(path, value, "give a mapping of fields")

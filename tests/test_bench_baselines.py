@@ -228,13 +228,15 @@ def test_a_baselines_inputs_and_results_ignore_semantic_only_settings(tmp_path: 
 
     files = write_task("knowledge", tmp_path / "data", CLIENTS, quick=True)
     cfg = cell_config(files, "homogeneous", "none", "local", QUICK)
+    # share 1 (what a routed run resolves to): the phase-1-as-local-only branch, the one most
+    # apt to leak into a baseline
+    cfg = replace(cfg, training=replace(cfg.training, first_phase_share=1.0))
     other = replace(cfg, consensus=replace(cfg.consensus, accept_share=0.9, confidence="none",
                                            nominate="nearest"),
                     generation=replace(cfg.generation, candidates=3, greedy_first=False),
                     training=replace(cfg.training, pseudo_label_epochs=5,
                                      first_phase_share=0.5, pseudo_label_learning_rate=5e-3,
                                      pseudo_label_batch_size=3))
-    assert cfg.training.first_phase_share == 1  # the default, the branch most apt to leak
     assert method_inputs(cfg, "local") == method_inputs(other, "local")
     assert method_inputs(cfg, "semantic") != method_inputs(other, "semantic")
     a = run_local(cfg, tmp_path / "a")

@@ -210,8 +210,8 @@ def test_ckks_run_end_to_end_and_the_report_says_who_held_which_key(tmp_path):
         assert r["aggregate_detail"]["context_digest"] in digests
         assert r["aggregate_detail"]["bytes"]["request"] > 100_000
     ledger = _rows(out / "ledger.jsonl")
-    assert sorted({e["mechanism"] for e in ledger}) == [  # the default: DP-SGD in phase 1 only
-        "dp_sgd", "embedding_gaussian", "noise_present"]
+    assert sorted({e["mechanism"] for e in ledger}) == [  # record DP: the ¾ split (no route)
+        "dp_sgd", "dp_sgd_final", "embedding_gaussian", "noise_present"]
     assert r2[0]["epsilon_client"] == pytest.approx(8.0, abs=1e-3)
     report = (out / "report.md").read_text()
     assert "**alone held the secret key**" in report

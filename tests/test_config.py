@@ -2,7 +2,15 @@
 
 import pytest
 
-from privsem.config import RunConfig, build, dump_yaml, load_config, to_dict
+from privsem.config import (
+    RunConfig,
+    TrainingConfig,
+    build,
+    dump_yaml,
+    load_config,
+    resolved,
+    to_dict,
+)
 from privsem.errors import ConfigError
 
 
@@ -127,3 +135,51 @@ def test_auto_confidence_and_route_resolve_to_what_the_regime_allows(tmp_path):
             load_config(preset="smoke", overrides=["privacy.record.enabled=true", override])
     with pytest.raises(ConfigError, match="auto"):
         load_config(preset="smoke", overrides=["consensus.route=sometimes"])
+
+
+def _recipe(cfg):
+    t, c = cfg.training, cfg.consensus
+    return (t.first_phase_share, t.pseudo_label_epochs, t.pseudo_label_learning_rate,
+            c.accept_margin, c.own_answer)
+
+
+def test_auto_label_recipe_follows_the_route(tmp_path):
+    """``auto`` label settings resolve by whether the run routes: eight passes at 2e-3 with the
+    whole budget in phase 1 where the client answers its own topics with its phase-1 adapter;
+    the gentle earlier recipe (¾ split, 2 passes at 1e-3, margin 0.5, no own answer) where the
+    labels reach the adapter that answers everything: always under record-level DP. An explicit
+    value is kept; a bad word or an impossible pair of shares is refused by name; a field read
+    before resolution fails instead of acting as if ``auto`` were a value."""
+    off = ["privacy.record.enabled=false", "privacy.client.enabled=false"]
+    routed = (1.0, 8, 2e-3, None, True)
+    gentle = (0.75, 2, 1e-3, 0.5, False)
+    assert _recipe(load_config(preset="smoke", overrides=off)) == routed
+    assert _recipe(load_config(preset="smoke", overrides=["privacy.record.enabled=true"])) == gentle
+    assert _recipe(load_config(preset="smoke", overrides=[*off, "consensus.route=none"])) == gentle
+    assert _recipe(load_config(preset="smoke",
+                               overrides=[*off, "training.schedule=sequential"])) == gentle
+    mine = load_config(preset="smoke", overrides=[
+        "privacy.record.enabled=true", "training.pseudo_label_epochs=5",
+        "consensus.own_answer=true", "training.first_phase_share=null"])
+    assert _recipe(mine) == (None, 5, 1e-3, 0.5, True)
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_yaml(mine))
+    text = p.read_text()
+    for line in ("first_phase_share: null", "pseudo_label_epochs: 5",
+                 "pseudo_label_learning_rate: 0.001", "accept_margin: 0.5", "own_answer: true"):
+        assert line in text
+    assert load_config(str(p)) == mine
+    for override, field in (("consensus.own_answer=maybe", "consensus.own_answer"),
+                            ("training.pseudo_label_epochs=many", "pseudo_label_epochs"),
+                            ("consensus.accept_margin=wide", "accept_margin"),
+                            ("training.pseudo_label_learning_rate=-1", "learning_rate")):
+        with pytest.raises(ConfigError, match=field):
+            load_config(preset="smoke", overrides=[override])
+    # auto resolves first_phase_share to 1 when routed: no room for a final share
+    with pytest.raises(ConfigError, match="training.final_phase_share"):
+        load_config(preset="smoke", overrides=[*off, "training.final_phase_share=0.25"])
+    assert load_config(preset="smoke", overrides=[
+        "privacy.record.enabled=true", "training.final_phase_share=0.25"]
+    ).training.first_phase_share == 0.75
+    with pytest.raises(ConfigError, match="auto"):
+        resolved(TrainingConfig().pseudo_label_epochs, "training.pseudo_label_epochs")

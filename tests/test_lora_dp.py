@@ -181,8 +181,11 @@ def test_T19_plan_rate_is_B_over_the_N_trained_on():
             assert ev.count == p.steps(phase)
         with pytest.raises(ValueError, match="no training phase"):
             p.steps(R + 2)
-    # the default (share 1): the whole budget in phase 1, the later phases without DP-SGD
-    default = make_plan(load_config(preset="smoke"), sizes, prompts=6)
+    # share 1 (the routed runs' default; under record-level DP ``auto`` gives the ¾ split
+    # above): the whole budget in phase 1, the later phases without DP-SGD
+    assert load_config(preset="smoke").training.first_phase_share == 0.75
+    default = make_plan(load_config(preset="smoke", overrides=["training.first_phase_share=1"]),
+                        sizes, prompts=6)
     for cid, n in sizes.items():
         p = default.clients[cid]
         budget = R * math.ceil(cfg.training.epochs_per_round * n / 8)
@@ -350,7 +353,8 @@ def test_phase_split_keeps_the_budget_and_the_final_share():
     cfg = load_config(preset="smoke", overrides=[*three_quarters, "training.final_phase_share=0.25"])
     assert cfg.training.final_phase_share == 0.25
     for bad in ([*three_quarters, "training.final_phase_share=0.5"],  # 0.75 + 0.5 > 1
-                ["training.final_phase_share=0.25"],  # the default share 1 leaves nothing
+                # routed (no record-level DP), auto resolves the first share to 1: no room
+                ["privacy.record.enabled=false", "training.final_phase_share=0.25"],
                 ["training.final_phase_share=0.2", "training.first_phase_share=null"],
                 ["training.final_phase_share=1.5"]):
         with pytest.raises(ConfigError, match="final_phase_share"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from dp_accounting import dp_event as ev
 
 from privsem.aggregation import NoisePlan, get_backend
-from privsem.config import RunConfig
+from privsem.config import RunConfig, resolved
 from privsem.privacy.analysis import calibrate, dpsgd_event
 
 
@@ -103,7 +103,8 @@ def make_plan(cfg: RunConfig, examples: dict[str, int], prompts: int) -> Privacy
     for cid, n in examples.items():
         q = min(1.0, cfg.training.batch_size / n)
         per_round = max(1, math.ceil(cfg.training.epochs_per_round * n / cfg.training.batch_size))
-        share = cfg.training.first_phase_share if cfg.training.schedule == "mixed" else None
+        share = (resolved(cfg.training.first_phase_share, "training.first_phase_share")
+                 if cfg.training.schedule == "mixed" else None)
         split = phase_split(per_round * R, phases, share,
                             cfg.training.final_phase_share if share is not None else None)
         steps = split[0] if len(set(split)) == 1 else max(1, math.ceil(per_round * R / phases))

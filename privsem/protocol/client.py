@@ -38,7 +38,7 @@ from privsem.confidence import (
     validate_confidence,
     weighted_rows,
 )
-from privsem.config import ClientConfig, RunConfig
+from privsem.config import ClientConfig, RunConfig, resolved
 from privsem.consensus import select_nearest
 from privsem.data import EvalItem, Example, PublicPrompt, load_eval, load_examples
 from privsem.errors import (
@@ -332,7 +332,9 @@ class Client:
                                 "make the plan from the data the client trains on")
         if self.store and self.store.has_adapter(checkpoint):
             self.store.load_adapter(self.model, checkpoint)
-            self.log.status.append(f"resumed: {'final-phase ' if final else ''}DP-SGD result of "
+            what = ("label-only training" if steps == 0 else
+                    "DP-SGD" if plan.noise_multiplier > 0 else "private training")
+            self.log.status.append(f"resumed: {'final-phase ' if final else ''}{what} result of "
                                    "this round loaded from its checkpoint (no new training, no "
                                    "new charge)")
             return
@@ -366,7 +368,8 @@ class Client:
             data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length
                                    ) if labels else None
             per_step = round(t.pseudo_label_ratio * t.batch_size)
-            passes = math.ceil(t.pseudo_label_epochs * len(labels) / per_step) if (
+            epochs = resolved(t.pseudo_label_epochs, "training.pseudo_label_epochs")
+            passes = math.ceil(epochs * len(labels) / per_step) if (
                 per_step and labels) else 0
             mix = PublicMix(data, per_step, t.learning_rate, steps=passes)
         tag = ("final",) if final else ()
@@ -379,8 +382,9 @@ class Client:
                 generator=self.rng.torch_generator("dp_sgd", self.id, rnd, *tag),
                 secure_mode=self.rng.secure, public=mix)
         elif (phase == 1 and not labels and t.schedule == "mixed"
-              and t.first_phase_share == 1):
-            # the whole budget before the first labels, without record-level DP: phase 1 is
+              and not any(plan.phase_steps[1:])):
+            # the plan puts the whole budget before the first labels (``first_phase_share: 1``),
+            # without record-level DP: phase 1 is
             # exactly the local-only training (every planned round's passes, each with a fresh
             # optimizer and that round's generator), so the adapter ``route`` answers the
             # client's own topics with is the one it would have trained alone
@@ -443,12 +447,14 @@ class Client:
         """``pseudo_label_epochs`` passes over ``labels`` alone (None when there is nothing to
         train), with a generator named by ``tag``."""
         t = self.cfg.training
-        if not labels or t.pseudo_label_epochs == 0:
+        epochs = resolved(t.pseudo_label_epochs, "training.pseudo_label_epochs")
+        if not labels or epochs == 0:
             return None
         data = encode_examples(self.tokenizer, self.fmt, labels, self.ccfg.model.max_length)
         return train_plain(
-            self.model, data, epochs=t.pseudo_label_epochs, batch_size=t.pseudo_label_batch_size,
-            learning_rate=t.pseudo_label_learning_rate,
+            self.model, data, epochs=epochs, batch_size=t.pseudo_label_batch_size,
+            learning_rate=resolved(t.pseudo_label_learning_rate,
+                                   "training.pseudo_label_learning_rate"),
             generator=self.rng.torch_generator(*tag))
 
     def _generate_candidates(self) -> None:
@@ -777,14 +783,16 @@ class Client:
             confident = [int(j) for j in np.flatnonzero(expert)]
             if confident:
                 own_nll = label_nll = None
-                if c.accept_margin is not None:
+                margin = resolved(c.accept_margin, "consensus.accept_margin")
+                if margin is not None:
                     label_nll = np.full(len(texts), -np.inf)
                     sub = self._nll([[str(texts[j])] for j in confident], prompts=confident)
                     label_nll[confident] = sub[:, 0]
                     own_nll = self.own_nll().mean(axis=1)
-                ok = accepts(own_nll, label_nll, expert, margin=c.accept_margin)
+                ok = accepts(own_nll, label_nll, expert, margin=margin)
                 refused = [j for j in confident if not ok[j]]
-                own = self._own_answers() if c.own_answer and refused else None
+                own = (self._own_answers() if resolved(c.own_answer, "consensus.own_answer")
+                       and refused else None)
                 for j in refused:
                     if own is not None and own[j].strip():
                         texts[j] = own[j]  # rehearse its own answer where it knows
