@@ -432,6 +432,15 @@ class ConsensusConfig:
     route: str = AUTO
     route_threshold: float = 0.5
 
+    @property
+    def routes(self) -> bool:
+        """Whether a client answers its own topics with its phase-1 adapter (``route``, once
+        RunConfig has resolved ``auto``)."""
+        if self.route == AUTO:
+            raise ConfigError("consensus.route", AUTO, "'auto' is resolved when the whole run "
+                              "configuration is built (RunConfig); read it from a RunConfig")
+        return self.route != "none"
+
     def __post_init__(self) -> None:
         from privsem.confidence import CONFIDENCES
 
@@ -588,7 +597,7 @@ def _resolve_auto(c: ConsensusConfig, t: TrainingConfig, *,
         confidence = "gain" if record_dp else "proximity"
     if route == AUTO:
         route = "proximity" if not record_dp and t.schedule == "mixed" else "none"
-    recipe = LABEL_RECIPES[route != "none"]
+    recipe = LABEL_RECIPES[route != "none"]  # (c.routes, once resolved)
     c = dataclasses.replace(c, confidence=confidence, route=route, **{
         k: v for k, v in recipe["consensus"].items() if getattr(c, k) == AUTO})
     auto = {k: v for k, v in recipe["training"].items() if getattr(t, k) == AUTO}
@@ -666,7 +675,7 @@ class RunConfig:
                    "(privacy.record) the model's releases would no longer be post-processing of "
                    "DP-SGD: use 'gain' (or 'likelihood', 'self_agreement', 'none'), or turn "
                    "record-level DP off")
-        if c.route != "none":
+        if c.routes:
             _check(not self.privacy.record.enabled, "consensus.route", c.route,
                    "routing reads the private prompts at answer time, so the client's answers "
                    "would no longer be post-processing of DP-SGD: use route 'none' with "

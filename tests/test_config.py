@@ -3,6 +3,7 @@
 import pytest
 
 from privsem.config import (
+    ConsensusConfig,
     RunConfig,
     TrainingConfig,
     build,
@@ -183,3 +184,6 @@ def test_auto_label_recipe_follows_the_route(tmp_path):
     ).training.first_phase_share == 0.75
     with pytest.raises(ConfigError, match="auto"):
         resolved(TrainingConfig().pseudo_label_epochs, "training.pseudo_label_epochs")
+    with pytest.raises(ConfigError, match="auto"):
+        _ = ConsensusConfig().routes
+    assert load_config(preset="smoke", overrides=off).consensus.routes

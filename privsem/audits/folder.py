@@ -113,7 +113,7 @@ def audited_adapter(run: RunFolder, rnd: int) -> str:
     training phase 1, which saw the private data and no label since, so that adapter is the one
     that answers an attacker's queries about members: it is audited."""
     # the configuration refuses a route without the mixed schedule, which keeps that adapter
-    return "trained-1" if run.cfg.consensus.route != "none" else f"end-{rnd}"
+    return "trained-1" if run.cfg.consensus.routes else f"end-{rnd}"
 
 
 def load_client_model(run: RunFolder, client_id: str, rnd: int

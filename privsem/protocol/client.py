@@ -499,7 +499,7 @@ class Client:
         """(n,) bool: which prompts ``consensus.route`` answers with the adapter of phase 1
         (private data only). All False without routing or before phase 1 has trained."""
         c = self.cfg.consensus
-        if c.route == "none" or not texts:
+        if not c.routes or not texts:
             return np.zeros(len(texts), dtype=bool)
         if self.cfg.privacy.record.enabled:  # the configuration refuses it; fail closed
             raise ProtocolAbort(f"client {self.id}: routing reads private prompts and is "
