@@ -145,7 +145,10 @@ def test_round_phases_sums_match_the_rows(smoke_dir):
     assert r["clients"] == ["alice", "bob", "carol"]
     assert set(r["by_model"]) == {"tiny-llama", "tiny-gemma3"}
     assert r["by_model"]["tiny-llama"]["clients"] == ["alice", "carol"]
-    assert {"train_private", "generate", "embed_release"} <= set(r["phases"])
+    assert {"train_private", "generate", "confidence", "embed_release", "train_final"} <= set(
+        r["phases"])
+    # every phase the client times is a known one, listed in round order
+    assert r["phases"] == [p for p in micro.PHASE_ORDER if p in r["phases"]]
     for p in r["phases"]:
         values = [x["phase_seconds"].get(p, 0.0) for x in rows]
         assert r["totals_s"][p] == pytest.approx(math.fsum(values), abs=1e-9)
@@ -219,3 +222,22 @@ def test_bad_input_names_the_value_and_the_fix(tmp_path):
         micro.round_phases(tmp_path)
     with pytest.raises(ValueError, match=r"benchmark 'other' is not known"):
         micro.format_markdown({"benchmark": "other"})
+
+
+def test_the_grid_phase_table_shows_every_timed_phase():
+    """bench.md's time-by-phase table has a column for each phase a client times, the
+    confidence and the mixed schedule's final phase included, with their mean seconds."""
+    from privsem.bench.suite import PHASES, phase_table
+
+    assert PHASES == micro.PHASE_ORDER
+    phases = {"train_private": 4.0, "generate": 2.0, "confidence": 1.5, "embed_release": 0.1,
+              "aggregate": 0.0, "train_final": 3.0}
+    run = {"method": "semantic", "summary": {"wall_s_per_round": 11.0},
+           "rounds": [{"phase_s": {"a": phases, "b": {**phases, "confidence": 2.5}}}]}
+    cell = {"task": "knowledge", "federation": "homogeneous", "privacy": "none",
+            "models": {"a": "m", "b": "m"}, "methods": {"semantic": run}}
+    header, _, row = phase_table({"cells": [cell]}).splitlines()
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    vals = [c.strip() for c in row.strip("|").split("|")]
+    assert dict(zip(cols, vals, strict=True))["confidence"] == "2.0"
+    assert dict(zip(cols, vals, strict=True))["train_final"] == "3.0"

@@ -10,8 +10,8 @@
 3. **Generation** (:func:`generation_speed`): ``privsem.models.generation.generate`` with the
    LoRA-wrapped model (as a client generates its candidates): new tokens and prompts per second.
 4. **Round phases** (:func:`round_phases`): seconds per round by phase (train_private,
-   train_pseudo, generate, embed_release, aggregate, and evaluation) from a run folder's
-   ``metrics.jsonl``, by client model, and each phase's share of the time.
+   train_pseudo, generate, confidence, embed_release, aggregate, train_final, and evaluation)
+   from a run folder's ``metrics.jsonl``, by client model, and each phase's share of the time.
 
 Method as ``benchmarks/secagg.py``: absolute times drift between machines and runs, ratios
 measured side by side do not. Compared variants are interleaved (the order rotated by one in
@@ -51,7 +51,8 @@ GOAL_DP_MAX_RATIO = 1.3  # DP-SGD step / non-private step
 GOAL_EMBED_MIN_RATIO = 0.9  # privsem texts/s / raw sentence-transformers texts/s
 DEMO_TRAIN = ("demo:alice.train.jsonl", "demo:bob.train.jsonl", "demo:carol.train.jsonl")
 DEMO_PROMPTS = "demo:prompts.jsonl"
-PHASE_ORDER = ("train_private", "train_pseudo", "generate", "embed_release", "aggregate")
+PHASE_ORDER = ("train_private", "train_pseudo", "generate", "confidence", "embed_release",
+               "aggregate", "train_final")
 BATCHING_NOTE = ("fixed batch of the same B demo examples for both steps; privsem's DP-SGD "
                  "draws Poisson batches of expected size B (train_dp_sgd), fixed here so that "
                  "both steps see the same batch")
@@ -473,8 +474,8 @@ def round_phases(run_dir: str | Path) -> dict[str, Any]:
     """Per-phase seconds per round of a run folder's ``metrics.jsonl``.
 
     Each row of a round ≥ 1 is one client's round: ``phase_seconds`` (train_private,
-    train_pseudo, generate, embed_release, aggregate; milliseconds resolution), ``seconds``
-    (their unrounded sum) and ``eval_seconds``. A phase a row lacks took no time that round (0).
+    train_pseudo, generate, confidence, embed_release, aggregate, train_final; milliseconds
+    resolution), ``seconds`` (their unrounded sum) and ``eval_seconds``. A phase a row lacks took no time that round (0).
     Returns mean/min/max per phase by client model, the total per phase, and each phase's
     share of the round time (``share``) and of round plus evaluation time (``share_with_eval``).
     """

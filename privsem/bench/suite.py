@@ -385,7 +385,10 @@ def phase_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-PHASES = ("train_private", "train_pseudo", "generate", "embed_release", "aggregate")
+# the client's timed phases (privsem.protocol.client), in round order; ``train_final`` is the
+# mixed schedule's phase after the last round's labels
+PHASES = ("train_private", "train_pseudo", "generate", "confidence", "embed_release",
+          "aggregate", "train_final")
 
 
 # ---------------------------------------------------------------------------------------------
