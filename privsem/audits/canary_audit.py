@@ -3,8 +3,9 @@
 The run planted canaries in one client's private data (``audit.canaries``;
 :mod:`privsem.audits.planting`), each included with probability ½, the inclusion secret kept in
 ``RUN_DIR/audit/canaries.json``. This audit rebuilds that client's model after a round (its base
-model plus the LoRA adapter it checkpointed, :func:`~privsem.audits.folder.load_client_model`)
-and measures:
+model plus the LoRA adapter it checkpointed, :func:`~privsem.audits.folder.load_client_model`;
+where the run routes, once with each of the two adapters the client answers with,
+:func:`~privsem.audits.folder.audited_adapters`, and the stronger is reported) and measures:
 
 - **Membership inference on the canaries**: loss, zlib and reference scores
   (:mod:`privsem.audits.mia`; the reference is the same base model with the adapter disabled),
@@ -12,8 +13,9 @@ and measures:
   (:mod:`privsem.audits.metrics`).
 - **The one-run empirical ε lower bound** (Steinke, Nasr and Jagielski 2023;
   :mod:`privsem.audits.one_run`), at the record-level δ of the run, from each attack's scores
-  over the default (k₊, k₋) grid. The three attacks are fixed in advance and each is tested at
-  confidence 1 − β/3, so the largest of their bounds holds with confidence 1 − β (union bound).
+  over the default (k₊, k₋) grid. The three attacks (on each audited adapter) are fixed in
+  advance and each is tested at confidence 1 − β/(3 × adapters), so the largest of their bounds
+  holds with confidence 1 − β (union bound).
   Canaries are single training records and everything the client's model became is
   post-processing of its DP-SGD releases (pseudo-labels, the consensus and the other clients
   included), so the bound is compared with the **record-level ε the ledger accounts** for that
@@ -54,7 +56,7 @@ from privsem.audits.canaries import (
 )
 from privsem.audits.folder import (
     RunFolder,
-    audited_adapter,
+    audited_adapters,
     elapsed,
     json_number,
     load_client_model,
@@ -241,16 +243,27 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
     if isinstance(exposure_samples, bool) or exposure_samples < 0:
         raise ValueError(f"exposure_samples: {exposure_samples!r} is not valid; use an integer "
                          ">= 0 (0 skips exposure)")
-    model, tok, fmt = load_client_model(run, planted.client, rnd)
     max_length = ccfg.model.max_length
-    scores, target, ref = score_canaries(model, tok, fmt, planted, max_length=max_length)
     inc = planted.included
     if inc.all() or not inc.any():
         raise PrivsemError(f"{run.path}: all {inc.size} canaries are on one side of the split; "
                            "the audit needs members and non-members (plant more canaries)")
-    attacks = {k: summarize_attack(k, s[inc], s[~inc]) for k, s in scores.items()}
     rd = run.cfg.privacy.record
-    best, bound, per_attack = one_run_bounds(scores, inc, delta=rd.delta, confidence=confidence)
+    # every adapter an attacker can reach (two where the run routes); each adapter's bound at
+    # confidence 1 − β/|adapters|, so the largest over adapters and attacks holds at
+    # ``confidence`` (union bound), and the stronger adapter is the headline
+    tags = audited_adapters(run, rnd)
+    per_adapter: dict[str, Any] = {}
+    for tag in tags:
+        model, tok, fmt = load_client_model(run, planted.client, rnd, adapter=tag)
+        scores, target, ref = score_canaries(model, tok, fmt, planted, max_length=max_length)
+        per_adapter[tag] = (scores, target, ref, *one_run_bounds(
+            scores, inc, delta=rd.delta, confidence=1.0 - (1.0 - confidence) / len(tags)))
+    adapter = max(tags, key=lambda t: per_adapter[t][4].epsilon_lower_bound)  # ties: first
+    scores, target, ref, best, bound, per_attack = per_adapter[adapter]
+    if adapter != tags[-1]:
+        model, tok, fmt = load_client_model(run, planted.client, rnd, adapter=adapter)
+    attacks = {k: summarize_attack(k, s[inc], s[~inc]) for k, s in scores.items()}
     accounted = run.accounted_epsilon(planted.client, "record", rnd)
     contradiction = bound.contradicts(accounted)
     exp = (exposures(model, tok, fmt, planted, samples=exposure_samples,
@@ -276,7 +289,11 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
 
     result: dict[str, Any] = {
         "audit": "canaries", "run": run.cfg.name, "client": planted.client, "round": rnd,
-        "adapter": audited_adapter(run, rnd),
+        "adapter": adapter,
+        "adapters": {t: {"best_attack": v[3], "epsilon_lower_bound": v[4].epsilon_lower_bound,
+                         "auc": {k: summarize_attack(k, x[inc], x[~inc]).auc
+                                 for k, x in v[0].items()}}
+                     for t, v in per_adapter.items()},
         "model": ccfg.model.name, "canaries": len(planted.canaries),
         "members": int(inc.sum()), "space_size": planted.fmt.space_size,
         "format": {"template": planted.fmt.template.replace("{secret}", "<secret>"),
@@ -285,7 +302,8 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
         "attacks": {k: a.to_json() for k, a in attacks.items()},
         "roc": {k: roc_curve(s[inc], s[~inc]).to_json() for k, s in scores.items()},
         "one_run": {"confidence": confidence, "attacks": list(scores),
-                    "per_attack_confidence": 1.0 - (1.0 - confidence) / len(scores),
+                    "per_attack_confidence": 1.0 - (1.0 - confidence) / (len(scores)
+                                                                          * len(tags)),
                     "best_attack": best, "epsilon_lower_bound": bound.epsilon_lower_bound,
                     "best": bound.to_json(),
                     "per_attack": {k: a.to_json() for k, a in per_attack.items()}},
@@ -318,7 +336,9 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
 def summary_lines(result: dict[str, Any]) -> list[str]:
     r = result
     lines = [(f"canary audit of client {r['client']} ({r['model']}) after round {r['round']} of "
-             f"run {r['run']}: {r['canaries']} canaries, {r['members']} trained on"),
+             f"run {r['run']}: {r['canaries']} canaries, {r['members']} trained on; adapter "
+             f"{r.get('adapter', '?')}" + (f" (the stronger of {', '.join(r['adapters'])})"
+                                  if len(r.get("adapters", ())) > 1 else "")),
              f"  {'attack':<10} {'AUC':>6} {'TPR@1%FPR':>10} {'TPR@0.1%FPR':>12}"]
     for k, a in r["attacks"].items():
         t1, t01 = a["tpr_at_fpr"]

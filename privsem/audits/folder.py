@@ -106,20 +106,23 @@ def open_run(run_dir: str | Path) -> RunFolder:
     return RunFolder(path=path, cfg=cfg, completed=max(completed, 0), resumes=resumes)
 
 
-def audited_adapter(run: RunFolder, rnd: int) -> str:
-    """The checkpoint an audit of round ``rnd`` scores. Without routing, the adapter the client
-    held at the end of that round. With ``consensus.route`` on, prompts near the client's own
-    data (its private examples and anything phrased like them) are answered by the adapter of
-    training phase 1, which saw the private data and no label since, so that adapter is the one
-    that answers an attacker's queries about members: it is audited."""
+def audited_adapters(run: RunFolder, rnd: int) -> tuple[str, ...]:
+    """The checkpoints an audit of round ``rnd`` scores. Without routing, the adapter the
+    client held at the end of that round. With ``consensus.route`` on, a client answers with
+    two adapters: prompts near its own data (its private examples and anything phrased like
+    them) with the adapter of training phase 1, which saw the private data and no label since,
+    every other prompt with the end-of-round adapter, which saw both. An attacker may reach
+    either, so both are scored and an audit reports the stronger attack (a statistical bound
+    splits its confidence between them)."""
     # the configuration refuses a route without the mixed schedule, which keeps that adapter
-    return "trained-1" if run.cfg.consensus.routes else f"end-{rnd}"
+    return ("trained-1", f"end-{rnd}") if run.cfg.consensus.routes else (f"end-{rnd}",)
 
 
-def load_client_model(run: RunFolder, client_id: str, rnd: int
+def load_client_model(run: RunFolder, client_id: str, rnd: int, adapter: str | None = None
                       ) -> tuple[PeftModel, PreTrainedTokenizerBase, str]:
     """``client_id``'s model after round ``rnd``: its base model, loaded as the run loaded it,
-    with the LoRA adapter of :func:`audited_adapter`. Returns the model (eval mode;
+    with the LoRA adapter checkpoint ``adapter`` (default: the first of
+    :func:`audited_adapters`). Returns the model (eval mode;
     ``with model.disable_adapter():`` gives the base model), its tokenizer and its prompt
     format."""
     from privsem.models.loading import TINY, load_model
@@ -129,7 +132,7 @@ def load_client_model(run: RunFolder, client_id: str, rnd: int
 
     ccfg = run.client(client_id)
     store = ClientStore(run.state(client_id))
-    tag = audited_adapter(run, rnd)
+    tag = adapter if adapter is not None else audited_adapters(run, rnd)[0]
     if not store.has_adapter(tag):
         raise DataError(str(store.root / f"adapter-{tag}.safetensors"), None,
                         f"missing; client {client_id} checkpointed no adapter {tag!r} (the "

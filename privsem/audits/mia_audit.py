@@ -17,9 +17,12 @@ Not used as non-members: the client's held-out evaluation questions. In the demo
 the very facts the client trains on (a third phrasing with the same answer), so their replies
 *are* training replies.
 
-The model is rebuilt after a round (:func:`~privsem.audits.folder.load_client_model`); attacks:
-loss, zlib and reference (the base model, adapter disabled); reported: AUC, TPR at FPR 1 % and
-0.1 % (with how many non-members can resolve them), and a log-log ROC plot. Outputs
+The model is rebuilt after a round (:func:`~privsem.audits.folder.load_client_model`), with
+each adapter an attacker can reach (:func:`~privsem.audits.folder.audited_adapters`: two where
+the run routes); attacks: loss, zlib and reference (the base model, adapter disabled);
+reported for the adapter with the larger best AUC (``adapter``; every adapter's AUCs under
+``adapters``): AUC, TPR at FPR 1 % and 0.1 % (with how many non-members can resolve them), and
+a log-log ROC plot. Outputs
 ``RUN_DIR/audit/mia-<client>.json`` and ``mia-<client>-roc.png``, and the report's audit
 section.
 """
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from privsem.audits.folder import (
-    audited_adapter,
+    audited_adapters,
     elapsed,
     json_number,
     load_client_model,
@@ -107,30 +110,37 @@ def run_mia_audit(run_dir: str | Path, client: str, *, round: int | None = None,
                         "also training examples; non-members must never have been trained on")
     if not non:
         raise DataError(nonmembers or ccfg.train, None, "no non-member examples")
-    model, tok, fmt = load_client_model(run, client, rnd)
     examples = [*members, *non]
-    with model.disable_adapter():  # the base model: the client's starting point
-        ref_losses = example_losses(model, tok, examples, prompt_format=fmt,
-                                    max_length=ccfg.model.max_length)
-    scores = mia_scores(model, tok, examples, prompt_format=fmt,
-                        max_length=ccfg.model.max_length)
-    attacks = {**scores.attacks(), "reference": reference_scores(scores.target_loss,
-                                                                 ref_losses)}
     n = len(members)
-    summaries = {k: summarize_attack(k, s[:n], s[n:]) for k, s in attacks.items()}
-    curves = {k: roc_curve(s[:n], s[n:]) for k, s in attacks.items()}
+    scored = {}  # per adapter: (summaries, curves, target losses)
+    for tag in audited_adapters(run, rnd):
+        model, tok, fmt = load_client_model(run, client, rnd, adapter=tag)
+        with model.disable_adapter():  # the base model: the client's starting point
+            ref_losses = example_losses(model, tok, examples, prompt_format=fmt,
+                                        max_length=ccfg.model.max_length)
+        scores = mia_scores(model, tok, examples, prompt_format=fmt,
+                            max_length=ccfg.model.max_length)
+        attacks = {**scores.attacks(), "reference": reference_scores(scores.target_loss,
+                                                                     ref_losses)}
+        scored[tag] = ({k: summarize_attack(k, s[:n], s[n:]) for k, s in attacks.items()},
+                       {k: roc_curve(s[:n], s[n:]) for k, s in attacks.items()},
+                       scores.target_loss)
+    # the stronger adapter (the larger best AUC) is the headline; with one adapter, that one
+    adapter = max(scored, key=lambda t: max(a.auc for a in scored[t][0].values()))
+    summaries, curves, target_loss = scored[adapter]
     rd = run.cfg.privacy.record
     result: dict[str, Any] = {
         "audit": "mia", "run": run.cfg.name, "client": client, "round": rnd,
-        "adapter": audited_adapter(run, rnd),
+        "adapter": adapter,
+        "adapters": {t: {k: a.auc for k, a in v[0].items()} for t, v in scored.items()},
         "model": ccfg.model.name, "members": n, "nonmembers": len(non),
         "nonmember_source": source, "record_dp_enabled": rd.enabled,
         "accounted": {"unit": "record", "delta": rd.delta,
                       "epsilon": json_number(run.accounted_epsilon(client, "record", rnd))},
         "attacks": {k: s.to_json() for k, s in summaries.items()},
         "roc": {k: c.to_json() for k, c in curves.items()},
-        "mean_loss": {"members": float(scores.target_loss[:n].mean()),
-                      "nonmembers": float(scores.target_loss[n:].mean())},
+        "mean_loss": {"members": float(target_loss[:n].mean()),
+                      "nonmembers": float(target_loss[n:].mean())},
         "seconds": elapsed(t0)}
     plot_roc_loglog(curves, run.audit_dir / roc_name(client),
                     title=f"{client}, round {rnd}: membership inference (log-log)")
@@ -143,7 +153,9 @@ def run_mia_audit(run_dir: str | Path, client: str, *, round: int | None = None,
 def summary_lines(r: dict[str, Any]) -> list[str]:
     lines = [(f"membership inference on client {r['client']} ({r['model']}) after round "
              f"{r['round']}: {r['members']} training examples vs {r['nonmembers']} non-members "
-             f"({r['nonmember_source']})"),
+             f"({r['nonmember_source']}); adapter {r.get('adapter', '?')}"
+             + (f" (the stronger of {', '.join(r['adapters'])})" if len(r.get("adapters", ())) > 1
+                else "")),
              f"  {'attack':<10} {'AUC':>6} {'TPR@1%FPR':>10} {'TPR@0.1%FPR':>12}"]
     for k, a in r["attacks"].items():
         t1, t01 = a["tpr_at_fpr"]

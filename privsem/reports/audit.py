@@ -118,6 +118,18 @@ def _fig(files: AuditFiles, stem: str, caption: str, alt: str) -> list[Block]:
     return [Figure(key, caption, alt)] if key in files.figures else []
 
 
+def _adapters(r: dict[str, Any]) -> str:
+    """Which adapter the figures are of, where the run routes (two adapters answer)."""
+    tags = list(r.get("adapters") or ())
+    if len(tags) < 2:
+        return ""
+    others = ", ".join(f"`{t}`" for t in tags if t != r["adapter"])
+    return (f" The client answers with {len(tags)} adapters (routing: `trained-1` near its own "
+            f"data, the end-of-round one elsewhere); all were attacked, and the figures are of "
+            f"the stronger attack's, `{r['adapter']}` (also attacked: {others}; every "
+            "adapter's figures are in the audit's JSON).")
+
+
 def _canary(files: AuditFiles) -> list[Block]:
     out: list[Block] = []
     p = files.planted
@@ -142,7 +154,7 @@ def _canary(files: AuditFiles) -> list[Block]:
     out.append(Paragraph(
         f"Membership inference on the {c['canaries']} canaries ({c['members']} trained on) "
         f"with the client's model (`{c['model']}`); *reference* compares with the base model "
-        "before fine-tuning."))
+        "before fine-tuning." + _adapters(c)))
     out.append(_attack_table(c["attacks"]))
     verdict = ("**BUG SIGNAL (T43): the empirical bound exceeds the accounted ε; the accounting "
                "or DP-SGD is wrong.**" if c["contradiction"] else
@@ -188,7 +200,8 @@ def _mia(files: AuditFiles) -> list[Block]:
             f"{r['members']} training examples against {r['nonmembers']} non-members "
             f"({r['nonmember_source']}); accounted record-level ε "
             f"{_f(r['accounted']['epsilon'])}. Mean loss: members "
-            f"{r['mean_loss']['members']:.3f}, non-members {r['mean_loss']['nonmembers']:.3f}."))
+            f"{r['mean_loss']['members']:.3f}, non-members {r['mean_loss']['nonmembers']:.3f}."
+            + _adapters(r)))
         out.append(_attack_table(r["attacks"]))
         out += _fig(files, f"mia-{client}-roc", f"ROC of the attacks on `{client}`'s training "
                     "examples, log-log.", f"membership inference ROC for {client}")
