@@ -42,6 +42,8 @@ ROUTES = ("none", "proximity")  # consensus.route
 # in RunConfig: proximity (confidence and routing) without record-level DP, ``gain`` and no
 # routing with it (proximity reads the private prompts directly).
 AUTO = "auto"
+UNRESOLVED = ("'auto' is resolved when the whole run configuration is built (RunConfig); read "
+              "this field from a RunConfig, or set a value")
 CANARY_FORMATS = ("digits", "words")
 # Secret length limits: at least 10^4 possible secrets (fewer could be guessed by chance), at
 # most 2^53 (the exact sampler's range); words are drawn from a fixed 100-word vocabulary
@@ -128,8 +130,8 @@ class TrainingConfig:
       ``first_phase_share`` of it in phase 1, so that the first candidates come from a model
       that has learnt from its data, and the rest spread evenly over the other R phases (null:
       all R + 1 phases even; ``auto``, the default: 1 when the run routes, else 0.75; 1: all
-      of it in phase 1, and the later phases train on labels only, ``pseudo_label_epochs`` passes at ``pseudo_label_learning_rate``,
-      touching no private data and charging nothing; without record-level DP, phase 1 is then
+      of it in phase 1, and the later phases train on labels only, ``pseudo_label_epochs``
+      passes at ``pseudo_label_learning_rate``, touching no private data and charging nothing; without record-level DP, phase 1 is then
       exactly local-only training, and ``consensus.route`` answers a client's own topics with
       that adapter). ``final_phase_share`` (with ``first_phase_share``) keeps
       that share of the budget for the last phase, after the last round's labels, so a client
@@ -137,8 +139,8 @@ class TrainingConfig:
       (nothing, when the two shares add up to 1: they train on labels only). Each private
       step is paired with ``pseudo_label_ratio`` pseudo-labelled examples per private example:
       in one batch and one loss without DP; as a separate, non-private step after each DP-SGD
-      step with DP (the labels are post-processing of DP releases and cost nothing). A phase makes at least
-      ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for
+      step with DP (the labels are post-processing of DP releases and cost nothing). A phase
+      makes at least ``pseudo_label_epochs`` passes over its labels: where its private steps are too few for
       that, it adds label-only steps, spread evenly among the private ones.
     - ``sequential`` (the earlier schedule, kept for the ablation): per round, private training
       first, then ``pseudo_label_epochs`` epochs on the *previous* round's labels; the last
@@ -170,9 +172,8 @@ class TrainingConfig:
                "use a fraction in (0, 1], null to spread the budget evenly, or auto")
         if self.final_phase_share is not None:
             _check(math.isfinite(self.final_phase_share) and 0 < self.final_phase_share < 1
-                   and first is not None
-                   and (first == AUTO or resolved(first, "first_phase_share")
-                        + self.final_phase_share <= 1 + 1e-9),
+                   and (first == AUTO or (_number(first)
+                                          and first + self.final_phase_share <= 1 + 1e-9)),
                    "final_phase_share", self.final_phase_share,
                    "use a fraction in (0, 1) with first_phase_share set and the two adding up "
                    "to at most 1 (auto resolves to 1 with routing, 0.75 without), or null")
@@ -437,8 +438,7 @@ class ConsensusConfig:
         """Whether a client answers its own topics with its phase-1 adapter (``route``, once
         RunConfig has resolved ``auto``)."""
         if self.route == AUTO:
-            raise ConfigError("consensus.route", AUTO, "'auto' is resolved when the whole run "
-                              "configuration is built (RunConfig); read it from a RunConfig")
+            raise ConfigError("consensus.route", AUTO, UNRESOLVED)
         return self.route != "none"
 
     def __post_init__(self) -> None:
@@ -565,8 +565,8 @@ class FlowerConfig:
 # Routed: the client answers its own topics with its phase-1 adapter, so the labels may be
 # trained hard (8 passes) without overwriting them. Not routed (always under record-level DP):
 # the labels reach the same adapter that answers the client's own topics, so the recipe stays
-# gentle (the earlier default): 8 passes over a noisy consensus cost the DP demo's clients
-# 0.05-0.1 of own-topic similarity (docs/expertise.md).
+# gentle (the earlier default): with 8 passes over a noisy consensus, the DP demo's clients
+# ended round 2 0.01-0.05 lower in own-topic similarity (one seed; docs/expertise.md).
 LABEL_RECIPES: dict[bool, dict[str, dict[str, Any]]] = {
     True: {"training": {"first_phase_share": 1.0, "pseudo_label_epochs": 8,
                         "pseudo_label_learning_rate": 2e-3},
@@ -582,8 +582,7 @@ V = TypeVar("V")
 def resolved(value: V | str, name: str) -> V:
     """``value`` of a field that may say ``auto``, once RunConfig has resolved it."""
     if isinstance(value, str):
-        raise ConfigError(name, value, "'auto' is resolved when the whole run configuration is "
-                          "built (RunConfig); read this field from a RunConfig, or set a value")
+        raise ConfigError(name, value, UNRESOLVED)
     return value
 
 

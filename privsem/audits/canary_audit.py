@@ -63,6 +63,7 @@ from privsem.audits.folder import (
     now,
     open_run,
     refresh_report,
+    use_adapter,
     write_result,
 )
 from privsem.audits.metrics import plot_roc_loglog, roc_curve, summarize_attack
@@ -114,6 +115,29 @@ def one_run_bounds(scores: dict[str, np.ndarray], included: np.ndarray, *, delta
               for name, s in scores.items()}
     best = max(audits, key=lambda k: audits[k].epsilon_lower_bound)  # ties: first attack
     return best, audits[best], audits
+
+
+@dataclass(frozen=True)
+class _AdapterScores:
+    """The canary attacks on one adapter: scores, losses, summaries and one-run bounds."""
+
+    scores: dict[str, np.ndarray]
+    target: np.ndarray
+    ref: np.ndarray
+    attacks: dict[str, Any]
+    best: str
+    bound: OneRunAudit
+    per_attack: dict[str, OneRunAudit]
+
+
+def _score_adapter(model: Any, tok: Any, fmt: str, planted: PlantedCanaries, *,
+                   max_length: int, delta: float, confidence: float) -> _AdapterScores:
+    scores, target, ref = score_canaries(model, tok, fmt, planted, max_length=max_length)
+    inc = planted.included
+    best, bound, per_attack = one_run_bounds(scores, inc, delta=delta, confidence=confidence)
+    return _AdapterScores(scores, target, ref,
+                          {k: summarize_attack(k, s[inc], s[~inc]) for k, s in scores.items()},
+                          best, bound, per_attack)
 
 
 def _label_texts(run: RunFolder) -> tuple[list[str], list[str]]:
@@ -253,17 +277,20 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
     # confidence 1 − β/|adapters|, so the largest over adapters and attacks holds at
     # ``confidence`` (union bound), and the stronger adapter is the headline
     tags = audited_adapters(run, rnd)
-    per_adapter: dict[str, Any] = {}
+    model, tok, fmt = load_client_model(run, planted.client, rnd, adapter=tags[0])
+    scored: dict[str, _AdapterScores] = {}
     for tag in tags:
-        model, tok, fmt = load_client_model(run, planted.client, rnd, adapter=tag)
-        scores, target, ref = score_canaries(model, tok, fmt, planted, max_length=max_length)
-        per_adapter[tag] = (scores, target, ref, *one_run_bounds(
-            scores, inc, delta=rd.delta, confidence=1.0 - (1.0 - confidence) / len(tags)))
-    adapter = max(tags, key=lambda t: per_adapter[t][4].epsilon_lower_bound)  # ties: first
-    scores, target, ref, best, bound, per_attack = per_adapter[adapter]
+        if tag != tags[0]:
+            use_adapter(run, planted.client, model, tag)
+        scored[tag] = _score_adapter(model, tok, fmt, planted, max_length=max_length,
+                                     delta=rd.delta,
+                                     confidence=1.0 - (1.0 - confidence) / len(tags))
+    adapter = max(tags, key=lambda t: scored[t].bound.epsilon_lower_bound)  # ties: first
     if adapter != tags[-1]:
-        model, tok, fmt = load_client_model(run, planted.client, rnd, adapter=adapter)
-    attacks = {k: summarize_attack(k, s[inc], s[~inc]) for k, s in scores.items()}
+        use_adapter(run, planted.client, model, adapter)  # exposure samples from it
+    s = scored[adapter]
+    scores, target, ref, best, bound, per_attack, attacks = (
+        s.scores, s.target, s.ref, s.best, s.bound, s.per_attack, s.attacks)
     accounted = run.accounted_epsilon(planted.client, "record", rnd)
     contradiction = bound.contradicts(accounted)
     exp = (exposures(model, tok, fmt, planted, samples=exposure_samples,
@@ -290,10 +317,10 @@ def run_canary_audit(run_dir: str | Path, *, round: int | None = None,
     result: dict[str, Any] = {
         "audit": "canaries", "run": run.cfg.name, "client": planted.client, "round": rnd,
         "adapter": adapter,
-        "adapters": {t: {"best_attack": v[3], "epsilon_lower_bound": v[4].epsilon_lower_bound,
-                         "auc": {k: summarize_attack(k, x[inc], x[~inc]).auc
-                                 for k, x in v[0].items()}}
-                     for t, v in per_adapter.items()},
+        "adapters": {t: {"best_attack": v.best,
+                         "epsilon_lower_bound": v.bound.epsilon_lower_bound,
+                         "auc": {k: a.auc for k, a in v.attacks.items()}}
+                     for t, v in scored.items()},
         "model": ccfg.model.name, "canaries": len(planted.canaries),
         "members": int(inc.sum()), "space_size": planted.fmt.space_size,
         "format": {"template": planted.fmt.template.replace("{secret}", "<secret>"),
@@ -337,8 +364,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     r = result
     lines = [(f"canary audit of client {r['client']} ({r['model']}) after round {r['round']} of "
              f"run {r['run']}: {r['canaries']} canaries, {r['members']} trained on; adapter "
-             f"{r.get('adapter', '?')}" + (f" (the stronger of {', '.join(r['adapters'])})"
-                                  if len(r.get("adapters", ())) > 1 else "")),
+             f"{r['adapter']}" + (f" (the stronger of {', '.join(r['adapters'])})"
+                                  if len(r["adapters"]) > 1 else "")),
              f"  {'attack':<10} {'AUC':>6} {'TPR@1%FPR':>10} {'TPR@0.1%FPR':>12}"]
     for k, a in r["attacks"].items():
         t1, t01 = a["tpr_at_fpr"]

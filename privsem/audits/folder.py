@@ -27,7 +27,7 @@ from privsem.config import ClientConfig, RunConfig, load_config
 from privsem.errors import DataError, PrivsemError
 from privsem.privacy.analysis import epsilon
 from privsem.privacy.ledger import Ledger, LedgerEntry
-from privsem.protocol.state import read_json
+from privsem.protocol.state import ClientStore, read_json
 from privsem.rng import make_randomness
 
 if TYPE_CHECKING:
@@ -128,15 +128,10 @@ def load_client_model(run: RunFolder, client_id: str, rnd: int, adapter: str | N
     from privsem.models.loading import TINY, load_model
     from privsem.models.prompting import resolve_format
     from privsem.models.training import add_lora
-    from privsem.protocol.state import ClientStore
 
     ccfg = run.client(client_id)
-    store = ClientStore(run.state(client_id))
     tag = adapter if adapter is not None else audited_adapters(run, rnd)[0]
-    if not store.has_adapter(tag):
-        raise DataError(str(store.root / f"adapter-{tag}.safetensors"), None,
-                        f"missing; client {client_id} checkpointed no adapter {tag!r} (the "
-                        f"adapter an audit of round {rnd} scores)")
+    _adapter_file(run, client_id, tag)  # fail before loading the model
     if ccfg.model.name in TINY and run.cfg.privacy.randomness != "seeded":
         raise DataError(ccfg.model.name, None, "a randomly initialised model of a run with "
                         "privacy.randomness: os cannot be rebuilt (its initial weights came from "
@@ -151,9 +146,26 @@ def load_client_model(run: RunFolder, client_id: str, rnd: int, adapter: str | N
     lora = ccfg.model.lora
     model = add_lora(loaded.model, rank=lora.rank, alpha=lora.alpha, targets=lora.targets,
                      dropout=lora.dropout)
-    store.load_adapter(model, tag)
+    use_adapter(run, client_id, model, tag)
     model.eval()
     return model, loaded.tokenizer, resolve_format(loaded.tokenizer, ccfg.model.prompt_format)
+
+
+def _adapter_file(run: RunFolder, client_id: str, tag: str) -> ClientStore:
+    """The client's state store, once it is known to hold adapter ``tag``."""
+    store = ClientStore(run.state(client_id))
+    if not store.has_adapter(tag):
+        raise DataError(str(store.root / f"adapter-{tag}.safetensors"), None,
+                        f"missing; client {client_id} checkpointed no adapter {tag!r} (an "
+                        "adapter the audit scores)")
+    return store
+
+
+def use_adapter(run: RunFolder, client_id: str, model: PeftModel, tag: str) -> None:
+    """Loads ``client_id``'s adapter checkpoint ``tag`` into ``model`` (one from
+    :func:`load_client_model`), in place: auditing a second adapter does not load the base
+    model again."""
+    _adapter_file(run, client_id, tag).load_adapter(model, tag)
 
 
 def now() -> float:

@@ -42,6 +42,7 @@ from privsem.audits.folder import (
     now,
     open_run,
     refresh_report,
+    use_adapter,
     write_result,
 )
 from privsem.audits.metrics import plot_roc_loglog, roc_curve, summarize_attack
@@ -112,12 +113,15 @@ def run_mia_audit(run_dir: str | Path, client: str, *, round: int | None = None,
         raise DataError(nonmembers or ccfg.train, None, "no non-member examples")
     examples = [*members, *non]
     n = len(members)
+    tags = audited_adapters(run, rnd)
+    model, tok, fmt = load_client_model(run, client, rnd, adapter=tags[0])
+    with model.disable_adapter():  # the base model: the client's starting point
+        ref_losses = example_losses(model, tok, examples, prompt_format=fmt,
+                                    max_length=ccfg.model.max_length)
     scored = {}  # per adapter: (summaries, curves, target losses)
-    for tag in audited_adapters(run, rnd):
-        model, tok, fmt = load_client_model(run, client, rnd, adapter=tag)
-        with model.disable_adapter():  # the base model: the client's starting point
-            ref_losses = example_losses(model, tok, examples, prompt_format=fmt,
-                                        max_length=ccfg.model.max_length)
+    for tag in tags:
+        if tag != tags[0]:
+            use_adapter(run, client, model, tag)
         scores = mia_scores(model, tok, examples, prompt_format=fmt,
                             max_length=ccfg.model.max_length)
         attacks = {**scores.attacks(), "reference": reference_scores(scores.target_loss,
@@ -153,8 +157,8 @@ def run_mia_audit(run_dir: str | Path, client: str, *, round: int | None = None,
 def summary_lines(r: dict[str, Any]) -> list[str]:
     lines = [(f"membership inference on client {r['client']} ({r['model']}) after round "
              f"{r['round']}: {r['members']} training examples vs {r['nonmembers']} non-members "
-             f"({r['nonmember_source']}); adapter {r.get('adapter', '?')}"
-             + (f" (the stronger of {', '.join(r['adapters'])})" if len(r.get("adapters", ())) > 1
+             f"({r['nonmember_source']}); adapter {r['adapter']}"
+             + (f" (the stronger of {', '.join(r['adapters'])})" if len(r["adapters"]) > 1
                 else "")),
              f"  {'attack':<10} {'AUC':>6} {'TPR@1%FPR':>10} {'TPR@0.1%FPR':>12}"]
     for k, a in r["attacks"].items():

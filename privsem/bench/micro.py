@@ -475,7 +475,8 @@ def round_phases(run_dir: str | Path) -> dict[str, Any]:
 
     Each row of a round ≥ 1 is one client's round: ``phase_seconds`` (train_private,
     train_pseudo, generate, confidence, embed_release, aggregate, train_final; milliseconds
-    resolution), ``seconds`` (their unrounded sum) and ``eval_seconds``. A phase a row lacks took no time that round (0).
+    resolution), ``seconds`` (their unrounded sum) and ``eval_seconds``. A phase a row lacks
+    took no time that round (0).
     Returns mean/min/max per phase by client model, the total per phase, and each phase's
     share of the round time (``share``) and of round plus evaluation time (``share_with_eval``).
     """

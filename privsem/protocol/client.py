@@ -384,10 +384,10 @@ class Client:
         elif (phase == 1 and not labels and t.schedule == "mixed"
               and not any(plan.phase_steps[1:])):
             # the plan puts the whole budget before the first labels (``first_phase_share: 1``),
-            # without record-level DP: phase 1 is
-            # exactly the local-only training (every planned round's passes, each with a fresh
-            # optimizer and that round's generator), so the adapter ``route`` answers the
-            # client's own topics with is the one it would have trained alone
+            # without record-level DP: phase 1 is exactly the local-only training (every
+            # planned round's passes, each with a fresh optimizer and that round's generator),
+            # so the adapter ``route`` answers the client's own topics with is the one it would
+            # have trained alone
             stats = self._train_as_alone()
         elif mix is not None:
             stats = train_mixed(
